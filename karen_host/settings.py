@@ -137,3 +137,13 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
 WHITENOISE_USE_FINDERS = True  # serve admin assets without a collectstatic step
+
+# Inference
+MAX_LOADED_MODELS = env.int("MAX_LOADED_MODELS", default=2)
+MODEL_MEMORY_BUDGET_MB = env.int("MODEL_MEMORY_BUDGET_MB", default=0)  # 0: 60% of RAM
+DEFAULT_KEEP_ALIVE_S = env.float("DEFAULT_KEEP_ALIVE_S", default=300.0)  # negative: never unload
+DEFAULT_KEEP_ALIVE_S = None if DEFAULT_KEEP_ALIVE_S < 0 else DEFAULT_KEEP_ALIVE_S
+MAX_QUEUE = env.int("MAX_QUEUE", default=64)
+QUEUE_TIMEOUT_S = env.float("QUEUE_TIMEOUT_S", default=120.0)
+MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=8192)  # hard cap on any request's max_tokens
+AUTH_CACHE_TTL_S = env.float("AUTH_CACHE_TTL_S", default=5.0)  # revocation takes effect within this

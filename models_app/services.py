@@ -1,14 +1,14 @@
 """Services: every write to the registry, tokens and usage goes through here."""
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import models, transaction
 from django.utils import timezone
 
-from models_app.choices import Scope
-from models_app.models import APIToken, LLMModel
+from models_app.choices import ModelStatus, Scope, UsageStatus
+from models_app.models import APIToken, LLMModel, UsageRecord
 
 
 class TokenError(ValueError):
@@ -80,3 +80,59 @@ def bootstrap_first_run(*, username: str = "admin") -> tuple[str, str, str] | No
             name="first token", owner=user, scopes=[Scope.INFERENCE, Scope.MODELS_READ, Scope.MODELS_MANAGE]
         )
     return username, password, secret
+
+
+def mark_model_invalid(*, model_id: str, reason: str) -> None:
+    """Record that a model cannot be served (e.g. llama.cpp failed to load it)."""
+    LLMModel.objects.filter(pk=model_id).update(status=ModelStatus.INVALID, status_reason=reason[:2000])
+
+
+def start_usage(
+    *, request_id: str, token_id: int | None, model_id: str | None, endpoint: str, client_address: str | None
+) -> None:
+    """Admit a request: its usage row, status `started`, committed before the engine sees it."""
+    UsageRecord.objects.create(
+        request_id=request_id,
+        token_id=token_id,
+        model_id=model_id,
+        endpoint=endpoint,
+        client_address=client_address,
+    )
+
+
+def finalize_usage(
+    *,
+    request_id: str,
+    status: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    time_to_first_token_ms: float | None,
+    duration_ms: float,
+    error_message: str = "",
+) -> bool:
+    """Close a started row with how it ended; False if it was already closed (exactly once)."""
+    updated = UsageRecord.objects.filter(request_id=request_id, status=UsageStatus.STARTED).update(
+        status=status,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        time_to_first_token_ms=time_to_first_token_ms,
+        duration_ms=duration_ms,
+        error_message=error_message[:2000],
+        finished_at=timezone.now(),
+    )
+    return updated == 1
+
+
+def close_interrupted_usage() -> int:
+    """Close rows a crash left `started` (run at startup, when no request is in flight)."""
+    return UsageRecord.objects.filter(status=UsageStatus.STARTED).update(
+        status=UsageStatus.INTERRUPTED, finished_at=timezone.now(), error_message="server stopped mid-request"
+    )
+
+
+def touch_token(*, token_id: int, every_s: int = 60) -> None:
+    """Record that a token was used, at most once per `every_s` (not a write per request)."""
+    cutoff = timezone.now() - timedelta(seconds=every_s)
+    APIToken.objects.filter(pk=token_id).filter(
+        models.Q(last_used_at__isnull=True) | models.Q(last_used_at__lt=cutoff)
+    ).update(last_used_at=timezone.now())

@@ -1,0 +1,142 @@
+"""One error shape everywhere: OpenAI's {"error": {"message", "type", "param", "code"}}."""
+
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError as NinjaAuthenticationError
+from ninja.errors import HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+
+from inference.engine.llama_runner import PromptError
+from inference.engine.pool import ModelBusy, ModelLoadFailed, NoRoom
+from inference.engine.worker import QueueFull
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """A failure the client can act on, rendered in OpenAI's error shape."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.param, self.code, self.retry_after = param, code, retry_after
+
+
+class InvalidRequest(APIError):
+    pass
+
+
+class AuthenticationFailed(APIError):
+    status, error_type = 401, "authentication_error"
+
+
+class PermissionDenied(APIError):
+    status, error_type = 403, "permission_error"
+
+
+class NotFound(APIError):
+    status, error_type = 404, "not_found_error"
+
+
+class Conflict(APIError):
+    status, error_type = 409, "conflict_error"
+
+
+class PayloadTooLarge(APIError):
+    status = 413
+
+
+class RateLimited(APIError):
+    status, error_type = 429, "rate_limit_error"
+
+
+class ServerError(APIError):
+    status, error_type = 500, "server_error"
+
+
+class Unavailable(APIError):
+    status, error_type = 503, "unavailable_error"
+
+
+def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(exc: APIError) -> JsonResponse:
+    response = JsonResponse(error_body(str(exc), exc.error_type, exc.param, exc.code), status=exc.status)
+    if exc.retry_after is not None:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def as_api_error(exc: Exception) -> APIError:
+    """Map an engine or framework exception to the APIError a client should see."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, PromptError):
+        return InvalidRequest(str(exc), param=exc.param, code=exc.code)
+    if isinstance(exc, QueueFull):
+        return RateLimited(str(exc), code="queue_full", retry_after=1)
+    if isinstance(exc, NoRoom):
+        return Unavailable(str(exc), code="no_room", retry_after=5)
+    if isinstance(exc, ModelLoadFailed):
+        return Unavailable(str(exc), code="model_load_failed")
+    if isinstance(exc, ModelBusy):
+        return Conflict(str(exc), code="model_busy")
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge("Request body is larger than MAX_REQUEST_BODY_BYTES allows.", code="body_too_large")
+    logger.exception("unhandled error", exc_info=exc)
+    return ServerError("The server failed; see its log.", code="internal_error")
+
+
+def _first_validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """One sentence naming the field (healthchecks' format_first_error idea)."""
+    if not errors:
+        return "Invalid request.", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "payload", "query", "path")]
+    param = ".".join(loc) or None
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return "Request body is not valid JSON.", None
+    if kind == "extra_forbidden":
+        return f"Unknown field '{param}'; remove it (see /v1/docs for the accepted fields).", param
+    if kind == "missing":
+        return f"'{param}' is required.", param
+    message = first.get("msg", "invalid value")
+    return (f"Invalid '{param}': {message}." if param else f"Invalid request: {message}."), param
+
+
+def install_error_handlers(api: NinjaAPI) -> None:
+    """Make every failure on `api` an OpenAI-shaped error; never a bare 500 for bad input."""
+
+    @api.exception_handler(NinjaValidationError)
+    def _validation(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+        message, param = _first_validation_error(list(exc.errors))
+        return error_response(InvalidRequest(message, param=param, code="invalid_value"))
+
+    @api.exception_handler(NinjaAuthenticationError)
+    def _unauthenticated(request: HttpRequest, exc: NinjaAuthenticationError) -> HttpResponse:
+        return error_response(
+            AuthenticationFailed("Missing bearer token: send 'Authorization: Bearer khk_...'.", code="missing_token")
+        )
+
+    @api.exception_handler(HttpError)
+    def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+        if exc.status_code == 400 and "parse request body" in exc.message:
+            return error_response(InvalidRequest("Request body is not valid JSON.", code="invalid_json"))
+        error = APIError(exc.message)
+        error.status = exc.status_code
+        return error_response(error)
+
+    @api.exception_handler(Exception)
+    def _any(request: HttpRequest, exc: Exception) -> HttpResponse:
+        return error_response(as_api_error(exc))

@@ -1,0 +1,158 @@
+"""The steps every generation endpoint shares: resolve, build the job, admit, submit, format.
+
+HTTP views (OpenAI and native) and the websocket consumer all come through here, so
+auth, limits and metering have one code path.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, StreamingHttpResponse
+
+from inference.api.errors import APIError, InvalidRequest, NotFound, ServerError, Unavailable, as_api_error
+from inference.api.schemas import SamplingParams, parse_keep_alive
+from inference.auth import Principal
+from inference.engine import Job, JobHandle, Outcome, Sampling, Token, get_engine
+from inference.engine.spec import ModelSpec
+from inference.metering import Meter, counters
+from models_app.selectors import resolve_model
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+def client_address(request: HttpRequest) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+async def resolve_spec(principal: Principal, model_id: str) -> ModelSpec:
+    """The ModelSpec for a servable model the principal may use (404 / 403 otherwise)."""
+    try:
+        model = await sync_to_async(resolve_model)(model_id)
+    except LookupError as exc:
+        raise NotFound(str(exc), param="model", code="model_not_found") from exc
+    principal.require_model(model.id)
+    return await sync_to_async(ModelSpec.from_model)(model)
+
+
+def build_sampling(
+    params: SamplingParams, spec: ModelSpec, *, max_tokens: int | None = None, json_schema: dict | None = None
+) -> Sampling:
+    """Request values over the model's configured defaults; only known fields reach llama.cpp."""
+    d = spec.defaults
+    stop = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
+    return Sampling(
+        temperature=d["temperature"] if params.temperature is None else params.temperature,
+        top_p=d["top_p"] if params.top_p is None else params.top_p,
+        top_k=d["top_k"] if params.top_k is None else params.top_k,
+        min_p=0.05 if params.min_p is None else params.min_p,
+        repeat_penalty=d["repeat_penalty"] if params.repeat_penalty is None else params.repeat_penalty,
+        presence_penalty=params.presence_penalty or 0.0,
+        frequency_penalty=params.frequency_penalty or 0.0,
+        seed=params.seed,
+        stop=[s for s in stop if s],
+        logit_bias={int(k): v for k, v in (params.logit_bias or {}).items()},
+        json_schema=json_schema,
+        max_tokens=max_tokens or params.max_tokens or d["max_tokens"],
+    )
+
+
+def make_job(spec: ModelSpec, params: SamplingParams, **fields: Any) -> Job:
+    return Job(model_id=spec.model_id, keep_alive_s=parse_keep_alive(params.keep_alive), **fields)
+
+
+async def submit(
+    *, principal: Principal, spec: ModelSpec, job: Job, endpoint: str, request_id: str, client: str | None
+) -> JobHandle:
+    """Admit (usage row) and queue the job; refusals become APIErrors and are not billed."""
+    meter = Meter(request_id, endpoint, principal.token_id, spec.model_id, client)
+    try:
+        return await get_engine().submit(spec, job, on_admit=meter.admit, on_outcome=meter.finalize)
+    except Exception as exc:
+        error = as_api_error(exc)
+        counters.count_rejected(endpoint, error.status)
+        raise error from exc
+
+
+def outcome_error(outcome: Outcome) -> APIError:
+    """The APIError for a job that ended in error or timeout."""
+    if outcome.error_code in ("context_length_exceeded", "chat_template_error", "empty_prompt"):
+        return InvalidRequest(outcome.error, code=outcome.error_code)
+    if outcome.status == "timeout":
+        return Unavailable(outcome.error, code=outcome.error_code or "timeout", retry_after=5)
+    if outcome.status == "cancelled":
+        return Unavailable(outcome.error or "The request was cancelled.", code="cancelled")
+    return ServerError(outcome.error or "Generation failed.", code=outcome.error_code or "engine_error")
+
+
+async def first_event(handle: JobHandle) -> tuple[Token | None, AsyncIterator[Token | Outcome]]:
+    """Wait for the first token so that a job failing before it can still get a status code.
+
+    Returns (first token or None if the job ended at once, the remaining events).
+    """
+    events = handle.events()
+    try:
+        event = await anext(events)
+    except BaseException:
+        handle.cancel()
+        raise
+    if isinstance(event, Outcome):
+        if event.status != "completed":
+            raise outcome_error(event)
+
+        async def ended() -> AsyncIterator[Token | Outcome]:
+            yield event
+
+        return None, ended()
+    return event, events
+
+
+async def collect(handle: JobHandle) -> tuple[str, Outcome]:
+    """Run a job to its end for a non-streaming reply; cancel it if the caller goes away."""
+    parts: list[str] = []
+    try:
+        async for event in handle.events():
+            if isinstance(event, Token):
+                parts.append(event.text)
+            else:
+                if event.status != "completed":
+                    raise outcome_error(event)
+                return "".join(parts), event
+    finally:
+        if not handle.outcome.done():
+            handle.cancel()
+    raise ServerError("The job ended without an outcome.")
+
+
+def sse_response(chunks: AsyncIterator[dict[str, Any]], request_id: str) -> StreamingHttpResponse:
+    """OpenAI-style SSE: `data: {json}` per chunk, then the bare `data: [DONE]`."""
+
+    async def frames() -> AsyncIterator[str]:
+        async for chunk in chunks:
+            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    response = StreamingHttpResponse(frames(), content_type="text/event-stream; charset=utf-8")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    response[REQUEST_ID_HEADER] = request_id
+    return response
+
+
+def usage_body(outcome: Outcome) -> dict[str, int]:
+    return {
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+    }
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,186 @@
+"""The original plan's native endpoints, kept for existing KAREN installs.
+
+Same auth, engine and metering as /v1; only the request and response shapes differ.
+"""
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psutil
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import Router
+
+import karen_host
+from inference.api import flow
+from inference.api.errors import NotFound, Unavailable, as_api_error
+from inference.api.schemas import LoadRequest, NativeInferenceRequest, parse_keep_alive
+from inference.auth import BearerAuth
+from inference.engine import Token, get_engine
+from inference.metering import counters
+from models_app.selectors import resolve_model, servable_models
+
+router = Router(tags=["Native (KAREN)"])
+_STARTED = time.time()
+_ERRORS = {400: dict, 401: dict, 403: dict, 404: dict, 409: dict, 429: dict, 500: dict, 503: dict}
+
+
+def _model_entry(model: Any) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "name": model.name,
+        "size": model.file_size,
+        "architecture": model.architecture,
+        "parameters": model.parameters_label,
+        "quantization": model.quantization,
+        "context_length": model.context_length,
+        "modified": model.file_mtime.timestamp() if model.file_mtime else None,
+    }
+
+
+@router.get("/", response={200: dict})
+def root(request: HttpRequest) -> dict[str, Any]:
+    """Name, version and status (open, like /health)."""
+    return {"message": "karen-host: llama.cpp server for KAREN", "version": karen_host.__version__, "status": "running"}
+
+
+@router.get("/health", response={200: dict})
+def health(request: HttpRequest) -> dict[str, Any]:
+    """Liveness: open to all, no database query, no model call."""
+    status = get_engine().status()
+    return {
+        "status": "healthy",
+        "uptime_s": round(time.time() - _STARTED, 1),
+        "loaded_models": [m["id"] for m in status["loaded"]],
+    }
+
+
+@router.get("/models", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
+async def models(request: HttpRequest) -> dict[str, Any]:
+    """Available (servable) models, the loaded ones, and the current (most recently used) one."""
+    available = [_model_entry(m) for m in await sync_to_async(servable_models)()]
+    loaded = get_engine().status()["loaded"]
+    return {"available": available, "loaded": loaded, "current": loaded[0] if loaded else None}
+
+
+@router.post("/models/load", auth=BearerAuth("models:manage"), response={200: dict, **_ERRORS})
+async def load_model(request: HttpRequest, body: LoadRequest) -> dict[str, Any]:
+    """Load a model now (idempotent: loading a loaded model only refreshes its keep-alive)."""
+    spec = await flow.resolve_spec(request.auth, body.model_id)
+    try:
+        result = await get_engine().load(spec, keep_alive_s=parse_keep_alive(body.keep_alive))
+    except Exception as exc:
+        raise as_api_error(exc) from exc
+    return {"status": "success", **result}
+
+
+@router.post("/models/unload/{model_id}", auth=BearerAuth("models:manage"), response={200: dict, **_ERRORS})
+async def unload_model(request: HttpRequest, model_id: str) -> dict[str, Any]:
+    """Unload a model; 409 while it serves requests; `not_loaded` if it was not loaded."""
+    try:
+        unloaded = await get_engine().unload(model_id)
+    except Exception as exc:
+        raise as_api_error(exc) from exc
+    return {"status": "success" if unloaded else "not_loaded", "model_id": model_id}
+
+
+async def _default_model_id() -> str:
+    loaded = get_engine().status()["loaded"]
+    if loaded:
+        return loaded[0]["id"]
+    models = await sync_to_async(servable_models)()
+    if not models:
+        raise Unavailable("No model is available; add a .gguf to MODELS_DIR and scan.", code="no_model")
+    return models[0].id
+
+
+@router.post("/inference", auth=BearerAuth("inference"), response={200: dict, **_ERRORS})
+async def inference(request: HttpRequest, body: NativeInferenceRequest) -> HttpResponse:
+    """Answer `prompt` as a user message with the current (or named) model."""
+    model_id = body.model_id or await _default_model_id()
+    spec = await flow.resolve_spec(request.auth, model_id)
+    messages = [{"role": "system", "content": body.system_prompt}] if body.system_prompt else []
+    messages.append({"role": "user", "content": body.prompt})
+    sampling = flow.build_sampling(body.parameters, spec)
+    job = flow.make_job(spec, body.parameters, kind="chat", messages=messages, sampling=sampling)
+    request_id = flow.new_request_id()
+    handle = await flow.submit(
+        principal=request.auth, spec=spec, job=job, endpoint="inference",
+        request_id=request_id, client=flow.client_address(request),
+    )  # fmt: skip
+    parameters = {k: v for k, v in vars(sampling).items() if k not in ("logit_bias", "json_schema")}
+    if not body.stream:
+        text, outcome = await flow.collect(handle)
+        response = JsonResponse(
+            {
+                "response": text,
+                "model_id": spec.model_id,
+                "parameters": parameters,
+                "finish_reason": outcome.finish_reason,
+                "usage": flow.usage_body(outcome),
+                "timing": {"inference_time_ms": round(outcome.duration_ms, 2), **outcome.timings()},
+            }
+        )
+        response[flow.REQUEST_ID_HEADER] = request_id
+        return response
+    first, rest = await flow.first_event(handle)
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        if first:
+            yield {"token": first.text}
+        async for event in rest:
+            if isinstance(event, Token):
+                yield {"token": event.text}
+            elif event.status != "completed":
+                error = flow.outcome_error(event)
+                yield {"error": {"message": str(error), "type": error.error_type, "code": error.code}}
+            else:
+                yield {"done": True, "model_id": spec.model_id, "finish_reason": event.finish_reason,
+                       "usage": flow.usage_body(event), "timing": event.timings()}  # fmt: skip
+
+    return flow.sse_response(chunks(), request_id)
+
+
+@router.get("/performance", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
+def performance(request: HttpRequest) -> dict[str, Any]:
+    """Engine, pool and request counters, and this process's memory and CPU."""
+    process = psutil.Process(os.getpid())
+    with process.oneshot():
+        memory = process.memory_info()
+        cpu = process.cpu_percent(interval=None)
+    return {
+        "engine": get_engine().status(),
+        "requests": counters.snapshot(),
+        "process": {"rss_mb": round(memory.rss / 2**20, 1), "cpu_percent": cpu, "threads": process.num_threads()},
+        "system": {"memory_percent": psutil.virtual_memory().percent, "cpu_count": os.cpu_count()},
+        "uptime_s": round(time.time() - _STARTED, 1),
+    }
+
+
+@router.get("/karen/config", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
+async def karen_config(request: HttpRequest) -> dict[str, Any]:
+    """What KAREN should use: the default model, its sampling defaults and the endpoints."""
+    model_id = await _default_model_id()
+    try:
+        model = await sync_to_async(resolve_model)(model_id)
+    except LookupError as exc:
+        raise NotFound(str(exc), code="model_not_found") from exc
+    config = await sync_to_async(lambda: model.config)()
+    return {
+        "model": model.id,
+        "context_window": config.n_ctx,
+        "temperature": config.temperature,
+        "max_tokens": config.max_tokens,
+        "top_p": config.top_p,
+        "top_k": config.top_k,
+        "repetition_penalty": config.repeat_penalty,
+        "system_prompt": config.system_prompt,
+        "optimize_for": config.optimize_for,
+        "endpoints": {
+            "openai_base_url": request.build_absolute_uri("/v1"),
+            "chat_completions": request.build_absolute_uri("/v1/chat/completions"),
+            "inference": request.build_absolute_uri("/inference"),
+        },
+    }

@@ -1,0 +1,194 @@
+"""Request schemas for /v1 and the native endpoints: bounded, typed, no stray fields.
+
+Unknown fields are refused by name (400), except a few OpenAI fields that change
+nothing here (`user`, `metadata`, `store`, ...), which clients send routinely.
+"""
+
+import re
+from typing import Annotated, Any, Literal
+
+from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_IGNORED_OPENAI_FIELDS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key"}
+_DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_ignored(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in _IGNORED_OPENAI_FIELDS}
+        return data
+
+
+def parse_keep_alive(value: str | float | None) -> float | None:
+    """Ollama's keep_alive: "5m", "30s", 300, 0 (unload now), negative (forever) -> seconds."""
+    if value is None:
+        return -1.0  # the pool's default
+    match = _DURATION.match(str(value).strip())
+    if not match:
+        raise ValueError("keep_alive is a duration like '5m', '30s', '1h' or a number of seconds")
+    seconds = float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+    return None if seconds < 0 else seconds
+
+
+class SamplingParams(Strict):
+    """Sampling shared by chat, completions and the native /inference."""
+
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=1000)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    repeat_penalty: Annotated[float, Field(ge=0, le=2)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    seed: int | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    keep_alive: str | float | None = None
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _cap(cls, value: int | None) -> int | None:
+        if value is not None and value > settings.MAX_TOKENS_LIMIT:
+            raise ValueError(f"at most {settings.MAX_TOKENS_LIMIT} (MAX_TOKENS_LIMIT)")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.isdigit():
+                raise ValueError(f"keys are token ids; '{key}' is not")
+        return value
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, value: str | float | None) -> str | float | None:
+        parse_keep_alive(value)
+        return value
+
+
+class StreamOptions(Strict):
+    include_usage: bool = False
+
+
+class JSONSchemaFormat(BaseModel):
+    name: str = "response"
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a 'json_schema' object with a 'schema'")
+        return self
+
+
+class ContentPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # name, refusal, ... carry nothing for llama.cpp
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+
+class _Generation(SamplingParams):
+    model: str = Field(min_length=1, max_length=200)
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported; send n requests for n answers")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("logprobs are not supported by this server")
+        return value
+
+
+class ChatCompletionRequest(_Generation):
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=1000)]
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise ValueError("tool calling is not supported by this server")
+        return value
+
+
+class CompletionRequest(_Generation):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("echo is not supported by this server")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("suffix (fill-in-the-middle) is not supported by this server")
+        return value
+
+
+class EmbeddingRequest(Strict):
+    model: str = Field(min_length=1, max_length=200)
+    input: str | Annotated[list[str], Field(min_length=1, max_length=256)]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    keep_alive: str | float | None = None
+
+    @field_validator("dimensions")
+    @classmethod
+    def _no_dimensions(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("dimensions is not supported; the model's own embedding size is returned")
+        return value
+
+
+class LoadRequest(Strict):
+    model_id: str = Field(min_length=1, max_length=200)
+    keep_alive: str | float | None = None
+
+
+class NativeInferenceRequest(Strict):
+    prompt: str = Field(min_length=1)
+    parameters: SamplingParams = Field(default_factory=SamplingParams)
+    stream: bool = False
+    model_id: str | None = None
+    system_prompt: str | None = None

@@ -1,0 +1,130 @@
+"""A job is plain data; what comes back is a stream of typed events."""
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JobKind = Literal["chat", "completion", "embedding"]
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass
+class Sampling:
+    """Per-request sampling; values are already validated and defaulted."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    json_schema: dict[str, Any] | None = None  # a schema, or {} for any JSON object
+    max_tokens: int = 256
+
+
+@dataclass
+class Job:
+    """One generation (or embedding) request for one model."""
+
+    model_id: str
+    kind: JobKind
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    prompt: str = ""
+    inputs: list[str] = field(default_factory=list)  # embeddings
+    sampling: Sampling = field(default_factory=Sampling)
+    # Seconds to stay loaded after this request: None forever, -1.0 the pool's default.
+    keep_alive_s: float | None = -1.0
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    submitted_at_perf: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Token:
+    text: str
+
+
+@dataclass
+class Outcome:
+    """How a job ended, with the engine's own counts; the usage row is finalized from it."""
+
+    status: Literal["completed", "cancelled", "error", "timeout"]
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    time_to_first_token_ms: float | None = None
+    duration_ms: float = 0.0
+    prompt_ms: float = 0.0
+    decode_ms: float = 0.0
+    error: str = ""
+    error_code: str = ""
+    embeddings: list[list[float]] = field(default_factory=list)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.completion_tokens / (self.decode_ms / 1000) if self.decode_ms > 0 else 0.0
+
+    def timings(self) -> dict[str, float | None]:
+        return {
+            "queue_and_prompt_ms": self.time_to_first_token_ms,
+            "prompt_ms": round(self.prompt_ms, 2),
+            "decode_ms": round(self.decode_ms, 2),
+            "total_ms": round(self.duration_ms, 2),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 2),
+        }
+
+
+Event = Token | Outcome
+
+
+class JobHandle:
+    """The caller's end of a submitted job: an async stream of events, and cancel.
+
+    Events are pushed from the worker thread with `push` (thread-safe); `events()` is
+    iterated on the event loop that created the handle. Dropping the stream without
+    reaching the end must be followed by `cancel()`; the stream helpers do that.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.cancelled = threading.Event()
+        self.outcome: Future[Outcome] = Future()
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    def push(self, event: Event) -> None:
+        """Hand an event to the event loop; called from the worker thread."""
+        if isinstance(event, Outcome) and not self.outcome.done():
+            self.outcome.set_result(event)
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the loop is closed: the caller is gone, nobody to tell
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        """Stop the job at its next token (or before it starts); safe from any thread."""
+        self.cancelled.set()
+
+    def on_outcome(self, callback: Callable[[Outcome], None]) -> None:
+        """Call `callback(outcome)` once the job ends, on whichever thread ends it."""
+        self.outcome.add_done_callback(lambda fut: callback(fut.result()))
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Yield tokens, then the Outcome; cancels the job if the consumer stops early."""
+        try:
+            while True:
+                event = await self._queue.get()
+                yield event
+                if isinstance(event, Outcome):
+                    return
+        finally:
+            if not self.outcome.done():
+                self.cancel()

@@ -1,0 +1,78 @@
+"""The in-process engine: the model pool and its workers, behind submit / events / cancel."""
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from inference.engine.jobs import Job, JobHandle, Outcome
+from inference.engine.llama_runner import PromptError
+from inference.engine.pool import ModelPool
+from inference.engine.spec import ModelSpec
+
+
+class LocalEngine:
+    """Runs jobs on this machine. Views only see `submit`, `load`, `unload` and `status`."""
+
+    def __init__(self, pool: ModelPool) -> None:
+        self.pool = pool
+
+    async def submit(
+        self,
+        spec: ModelSpec,
+        job: Job,
+        *,
+        on_admit: Callable[[], None] | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> JobHandle:
+        """Load if needed, check the prompt, admit, and queue `job`; return its handle.
+
+        Raises PromptError, QueueFull or a PoolError before admission: such a request
+        is refused, never billed. `on_admit` runs (on a worker thread) right before the
+        job is queued, so the usage row exists before the engine sees the job;
+        `on_outcome` runs exactly once when the job ends, on the thread that ends it.
+        """
+        loaded = await asyncio.to_thread(self.pool.acquire, spec, keep_alive_s=job.keep_alive_s)
+        handle = JobHandle(job)
+        if on_outcome is not None:
+            handle.on_outcome(on_outcome)
+        handle.on_outcome(lambda _outcome: self.pool.release(spec.model_id))
+        try:
+            tokens = [] if job.kind == "embedding" else await asyncio.to_thread(loaded.runner.tokenize_prompt, job)
+            await asyncio.to_thread(loaded.worker.submit, job, handle, tokens, before_queue=on_admit)
+        except BaseException:
+            self.pool.release(spec.model_id)
+            raise
+        return handle
+
+    async def load(self, spec: ModelSpec, *, keep_alive_s: float | None = -1.0) -> dict[str, Any]:
+        loaded = await asyncio.to_thread(self.pool.acquire, spec, keep_alive_s=keep_alive_s)
+        self.pool.release(spec.model_id)
+        return {"model_id": spec.model_id, "load_ms": round(loaded.load_ms, 1)}
+
+    async def unload(self, model_id: str) -> bool:
+        return await asyncio.to_thread(self.pool.unload, model_id)
+
+    def status(self) -> dict[str, Any]:
+        """What is loaded now, the pool's counters and budget (cheap; no llama.cpp calls)."""
+        pool = self.pool
+        return {
+            "loaded": [
+                {
+                    "id": m.spec.model_id,
+                    "n_ctx": m.spec.n_ctx,
+                    "estimated_mb": round(m.estimated_mb, 1),
+                    "load_ms": round(m.load_ms, 1),
+                    "in_flight": m.worker.in_flight,
+                    "queued": m.worker.waiting,
+                    "keep_alive_s": m.keep_alive_s,
+                }
+                for m in pool.loaded()
+            ],
+            "max_loaded_models": pool.max_loaded,
+            "memory_budget_mb": pool.budget_mb,
+            "memory_used_mb": round(pool.used_mb(), 1),
+            "stats": vars(pool.stats),
+        }
+
+
+__all__ = ["LocalEngine", "PromptError"]

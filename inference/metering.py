@@ -1,0 +1,84 @@
+"""Usage metering shared by HTTP and websockets: one row per admitted request, closed once."""
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+from django.db import close_old_connections
+
+from inference.engine.jobs import Outcome
+from models_app.services import finalize_usage, start_usage
+
+logger = logging.getLogger(__name__)
+
+
+class RequestCounters:
+    """In-process counters for /performance and metrics: requests by endpoint and ending."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.finished: Counter[tuple[str, str]] = Counter()
+        self.rejected: Counter[tuple[str, int]] = Counter()
+        self.completion_tokens = 0
+        self.prompt_tokens = 0
+
+    def count_finished(self, endpoint: str, outcome: Outcome) -> None:
+        with self._lock:
+            self.finished[(endpoint, outcome.status)] += 1
+            self.completion_tokens += outcome.completion_tokens
+            self.prompt_tokens += outcome.prompt_tokens
+
+    def count_rejected(self, endpoint: str, status: int) -> None:
+        with self._lock:
+            self.rejected[(endpoint, status)] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "finished": {f"{e}:{s}": n for (e, s), n in sorted(self.finished.items())},
+                "rejected": {f"{e}:{s}": n for (e, s), n in sorted(self.rejected.items())},
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+            }
+
+
+counters = RequestCounters()
+
+
+@dataclass
+class Meter:
+    """The usage row of one request: `admit` before the engine, `finalize` when it ends."""
+
+    request_id: str
+    endpoint: str
+    token_id: int | None
+    model_id: str
+    client_address: str | None
+
+    def admit(self) -> None:
+        start_usage(
+            request_id=self.request_id,
+            token_id=self.token_id,
+            model_id=self.model_id,
+            endpoint=self.endpoint,
+            client_address=self.client_address,
+        )
+
+    def finalize(self, outcome: Outcome) -> None:
+        """Close the row from the engine's outcome (runs on the worker thread)."""
+        counters.count_finished(self.endpoint, outcome)
+        try:
+            finalize_usage(
+                request_id=self.request_id,
+                status=outcome.status,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                time_to_first_token_ms=outcome.time_to_first_token_ms,
+                duration_ms=outcome.duration_ms,
+                error_message=outcome.error,
+            )
+        except Exception:  # the row stays `started`; the reconciler closes it as interrupted
+            logger.exception("could not finalize usage %s", self.request_id)
+        finally:
+            close_old_connections()

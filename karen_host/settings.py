@@ -81,6 +81,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"}
     )
+    # A file, not shared memory: live-server tests run the API on other threads and
+    # processes, and shared-cache memory databases fail at once instead of waiting.
+    DATABASES["default"].setdefault("TEST", {"NAME": str(VAR_DIR / "test_karen_host.sqlite3")})
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -1,0 +1,66 @@
+"""A live ASGI server on a free port (uvicorn in a thread) and clients for it."""
+
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+
+from inference.auth import clear_auth_cache
+from inference.engine import reset_engine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_server_url(django_db_setup, django_db_blocker):
+    """The whole app (HTTP + websockets) served by uvicorn on 127.0.0.1:<free port>."""
+    from karen_host.asgi import application
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(application, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    with django_db_blocker.unblock():
+        thread.start()
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_auth_cache():
+    clear_auth_cache()
+    yield
+    clear_auth_cache()
+
+
+@pytest.fixture
+def fresh_engine():
+    """An engine with nothing loaded, unloaded again after the test."""
+    reset_engine()
+    yield
+    reset_engine()
+
+
+@pytest.fixture
+def live(live_server_url, transactional_db, small_model, api_token):
+    """(base url, token secret, model id) with the bundled model registered."""
+    return live_server_url, api_token[1], small_model.id
+
+
+@pytest.fixture
+def openai_client(live):
+    from openai import OpenAI
+
+    url, secret, _ = live
+    return OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0, timeout=60)

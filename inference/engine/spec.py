@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-from models_app.models import LLMModel
+from models_app.models import LLMModel, ModelConfig
 
 _KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 _COMPUTE_OVERHEAD = 1.10  # compute buffers and allocator slack on top of weights + KV
@@ -37,7 +37,8 @@ class ModelSpec:
 
     @classmethod
     def from_model(cls, model: LLMModel) -> "ModelSpec":
-        config = model.config
+        # A row registered without a config (by hand, or before a scan) runs on the defaults.
+        config = getattr(model, "config", None) or ModelConfig(model=model)
         meta = model.gguf_metadata or {}
         arch = model.architecture
         heads = meta.get(f"{arch}.attention.head_count") or 1

@@ -1,0 +1,112 @@
+"""Every admitted request is one usage row, finalized once with the engine's counts."""
+
+import threading
+import time
+
+import httpx
+
+from inference.engine import get_engine
+from models_app.models import LLMModel, UsageRecord
+from models_app.services import close_interrupted_usage, start_usage
+
+# Suppress end-of-generation tokens so a generation runs until it is stopped.
+NO_EOS = {"0": -100, "1": -100, "2": -100}
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_response_carries_the_request_id_of_its_usage_row(live):
+    url, secret, model = live
+    response = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": model, "prompt": "Hello", "max_tokens": 4},
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    row = UsageRecord.objects.get()
+    assert response.headers["X-Request-Id"] == row.request_id
+    assert row.endpoint == "completions" and row.client_address == "127.0.0.1"
+    assert row.time_to_first_token_ms > 0 and row.duration_ms >= row.time_to_first_token_ms
+
+
+def test_disconnect_mid_stream_records_one_cancelled_usage(live):
+    url, secret, model = live
+    body = {"model": model, "prompt": "Count: 1, 2, 3,", "max_tokens": 2000, "stream": True, "logit_bias": NO_EOS}
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream("POST", f"{url}/v1/completions", json=body, headers={"Authorization": f"Bearer {secret}"}) as r,
+    ):
+        received = 0
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                received += 1
+            if received == 5:
+                break
+    assert wait_for(lambda: UsageRecord.objects.filter(status="cancelled").exists())
+    row = UsageRecord.objects.get()
+    assert 5 <= row.completion_tokens < 2000
+    loaded = get_engine().pool.get(model)
+    assert wait_for(lambda: loaded.worker.in_flight == 0 and loaded.leases == 0)
+
+
+def test_two_concurrent_first_requests_load_the_model_once(live, fresh_engine):
+    url, secret, model = live
+    codes = []
+
+    def ask():
+        r = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+            headers={"Authorization": f"Bearer {secret}"},
+            timeout=60,
+        )
+        codes.append(r.status_code)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == [200, 200]
+    assert get_engine().pool.stats.loads == 1
+    assert UsageRecord.objects.filter(status="completed").count() == 2
+
+
+def test_corrupt_model_becomes_invalid_while_another_keeps_serving(live, tmp_path):
+    url, secret, model = live
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\3\0\0\0" + b"\0" * 4096)
+    LLMModel.objects.create(id="broken", name="broken", file_path=str(broken), file_size=4104)
+    headers = {"Authorization": f"Bearer {secret}"}
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    failed = httpx.post(f"{url}/v1/chat/completions", json={"model": "broken", **chat}, headers=headers)
+    assert failed.status_code == 503 and failed.json()["error"]["code"] == "model_load_failed"
+    broken_row = LLMModel.objects.get(pk="broken")
+    assert broken_row.status == "invalid" and "load" in broken_row.status_reason
+    ok = httpx.post(f"{url}/v1/chat/completions", json={"model": model, **chat}, headers=headers, timeout=60)
+    assert ok.status_code == 200
+    assert not UsageRecord.objects.filter(model_id="broken").exists()
+
+
+def test_keep_alive_zero_unloads_after_the_request(live, fresh_engine):
+    url, secret, model = live
+    httpx.post(
+        f"{url}/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "keep_alive": 0},
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=60,
+    )
+    assert wait_for(lambda: not get_engine().pool.loaded(), timeout=5)
+
+
+def test_reconciler_closes_rows_left_started(small_model):
+    start_usage(request_id="crashed", token_id=None, model_id=small_model.id, endpoint="x", client_address=None)
+    assert close_interrupted_usage() == 1
+    assert UsageRecord.objects.get().status == "interrupted"
+    assert close_interrupted_usage() == 0

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from models_app.bundled import link_bundled_model
 from models_app.scanning import scan_models
-from models_app.services import bootstrap_first_run
+from models_app.services import bootstrap_first_run, close_interrupted_usage
 
 
 class Command(BaseCommand):
@@ -25,6 +25,9 @@ class Command(BaseCommand):
         logging.getLogger().setLevel(options["log_level"].upper())
         settings.MODELS_DIR = Path(options["models_dir"]).resolve()
         call_command("migrate", interactive=False, verbosity=0)
+        # Nothing is in flight before the server starts: rows still `started` were cut off.
+        if closed := close_interrupted_usage():
+            self.stdout.write(f"Closed {closed} usage row(s) left open by a previous run as interrupted.")
         link_bundled_model(settings.MODELS_DIR)
         report = scan_models(settings.MODELS_DIR)
         for line in report.messages:

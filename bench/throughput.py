@@ -69,7 +69,7 @@ def rendered_prompts(model_path: str) -> tuple[list[str], list[int]]:
             [{"role": "user", "content": p}],
             bos_token=meta["bos_token"],
             eos_token=meta["eos_token"],
-        )  # fmt: skip
+        )
         for p in PROMPTS
     ]
     eog = [meta["extra"].get("tokenizer.ggml.eos_token_id"), meta["extra"].get("tokenizer.ggml.bos_token_id"), 0]

@@ -33,6 +33,8 @@ PROMPTS = [
 ]
 N_CTX, N_BATCH = 4096, 512
 THREADS = len(os.sched_getaffinity(0))
+# The same sampling on both sides (greedy; the server's per-model defaults would differ).
+SAMPLING = {"temperature": 0.0, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}
 
 DIRECT_CHILD = r"""
 import json, sys, time, os, psutil, llama_cpp
@@ -43,8 +45,8 @@ bias = {t: -100.0 for t in args["eog"]}
 results = []
 for prompt in args["prompts"]:
     start = time.perf_counter(); first = last = None; n = 0
-    for chunk in llm.create_completion(prompt, max_tokens=args["tokens"], temperature=0, stream=True,
-                                       logit_bias=bias, seed=1):
+    for chunk in llm.create_completion(prompt, max_tokens=args["tokens"], stream=True, logit_bias=bias, seed=1,
+                                       **args["sampling"]):
         now = time.perf_counter(); first = first or now; last = now; n += 1
     results.append({"ttft_ms": (first - start) * 1000, "tokens": n,
                     "decode_tps": (n - 1) / (last - first)})
@@ -78,7 +80,7 @@ def rendered_prompts(model_path: str) -> tuple[list[str], list[int]]:
 
 def run_direct(model_path: str, prompts: list[str], eog: list[int], tokens: int) -> dict:
     args = {"model": model_path, "n_ctx": N_CTX, "n_batch": N_BATCH, "threads": THREADS, "prompts": prompts,
-            "eog": eog, "tokens": tokens}  # fmt: skip
+            "eog": eog, "tokens": tokens, "sampling": SAMPLING}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", DIRECT_CHILD, json.dumps(args)], capture_output=True, check=True)
     return json.loads(out.stdout.decode().strip().splitlines()[-1])
 
@@ -114,7 +116,7 @@ class Server:
 
     def stream(self, prompt: str, tokens: int, eog: list[int]) -> dict:
         body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-                "temperature": 0, "seed": 1, "stream": True, "stream_options": {"include_usage": True},
+                **SAMPLING, "seed": 1, "stream": True, "stream_options": {"include_usage": True},
                 "logit_bias": {str(t): -100 for t in eog}}  # fmt: skip
         start = time.perf_counter()
         first = last = None

@@ -93,17 +93,38 @@ class JobHandle:
     reaching the end must be followed by `cancel()`; the stream helpers do that.
     """
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, *, coalesce_s: float = 0.015) -> None:
         self.job = job
         self.cancelled = threading.Event()
         self.outcome: Future[Outcome] = Future()
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        # Tokens decoded within `coalesce_s` of the last hand-off travel together: each
+        # hand-off wakes the event loop, whose work competes with llama.cpp's threads
+        # for the cores. The first token is never held back.
+        self._coalesce_s = coalesce_s
+        self._held: list[str] = []
+        self._last_handoff = 0.0
 
     def push(self, event: Event) -> None:
-        """Hand an event to the event loop; called from the worker thread."""
-        if isinstance(event, Outcome) and not self.outcome.done():
+        """Hand an event to the event loop; called from the worker thread only."""
+        if isinstance(event, Token):
+            self._held.append(event.text)
+            now = time.perf_counter()
+            if now - self._last_handoff < self._coalesce_s:
+                return
+            self._last_handoff = now
+            self._handoff(Token("".join(self._held)))
+            self._held.clear()
+            return
+        if self._held:
+            self._handoff(Token("".join(self._held)))
+            self._held.clear()
+        if not self.outcome.done():
             self.outcome.set_result(event)
+        self._handoff(event)
+
+    def _handoff(self, event: Event) -> None:
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
         except RuntimeError:  # the loop is closed: the caller is gone, nobody to tell

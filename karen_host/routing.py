@@ -1,3 +1,9 @@
-"""Websocket URL routes (the websocket issue adds the generate consumer here)."""
+"""Websocket URL routes."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from inference.consumers import GenerateConsumer
+
+websocket_urlpatterns = [
+    path("ws/v1/generate", GenerateConsumer.as_asgi()),
+]

@@ -150,3 +150,4 @@ MAX_QUEUE = env.int("MAX_QUEUE", default=64)
 QUEUE_TIMEOUT_S = env.float("QUEUE_TIMEOUT_S", default=120.0)
 MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=8192)  # hard cap on any request's max_tokens
 AUTH_CACHE_TTL_S = env.float("AUTH_CACHE_TTL_S", default=5.0)  # revocation takes effect within this
+WS_MAX_BACKLOG = env.int("WS_MAX_BACKLOG", default=2000)  # undelivered events before a slow reader is cut off

@@ -97,7 +97,7 @@ def as_api_error(exc: Exception) -> APIError:
     return ServerError("The server failed; see its log.", code="internal_error")
 
 
-def _first_validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     """One sentence naming the field (healthchecks' format_first_error idea)."""
     if not errors:
         return "Invalid request.", None
@@ -120,7 +120,7 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     @api.exception_handler(NinjaValidationError)
     def _validation(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
-        message, param = _first_validation_error(list(exc.errors))
+        message, param = describe_validation_error(list(exc.errors))
         return error_response(InvalidRequest(message, param=param, code="invalid_value"))
 
     @api.exception_handler(NinjaAuthenticationError)

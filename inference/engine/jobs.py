@@ -4,6 +4,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -98,7 +99,8 @@ class JobHandle:
         self.cancelled = threading.Event()
         self.outcome: Future[Outcome] = Future()
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._events: deque[Event] = deque()  # touched on the event loop only
+        self._ready = asyncio.Event()
         # Tokens decoded within `coalesce_s` of the last hand-off travel together: each
         # hand-off wakes the event loop, whose work competes with llama.cpp's threads
         # for the cores. The first token is never held back.
@@ -126,7 +128,7 @@ class JobHandle:
 
     def _handoff(self, event: Event) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._deliver, event)
         except RuntimeError:  # the loop is closed: the caller is gone, nobody to tell
             self.cancelled.set()
 
@@ -138,11 +140,30 @@ class JobHandle:
         """Call `callback(outcome)` once the job ends, on whichever thread ends it."""
         self.outcome.add_done_callback(lambda fut: callback(fut.result()))
 
+    def _deliver(self, event: Event) -> None:
+        self._events.append(event)
+        self._ready.set()
+
+    @property
+    def backlog(self) -> int:
+        """Events handed over but not yet taken by the consumer (event loop only)."""
+        return len(self._events)
+
+    def drain_tokens(self) -> list[Token]:
+        """Take the tokens already waiting, up to (not including) the outcome; event loop only."""
+        tokens = []
+        while self._events and isinstance(self._events[0], Token):
+            tokens.append(self._events.popleft())
+        return tokens
+
     async def events(self) -> AsyncIterator[Event]:
         """Yield tokens, then the Outcome; cancels the job if the consumer stops early."""
         try:
             while True:
-                event = await self._queue.get()
+                while not self._events:
+                    self._ready.clear()
+                    await self._ready.wait()
+                event = self._events.popleft()
                 yield event
                 if isinstance(event, Outcome):
                     return

@@ -64,3 +64,35 @@ def openai_client(live):
 
     url, secret, _ = live
     return OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def live_daphne_url(django_db_setup, django_db_blocker):
+    """A real `daphne karen_host.asgi:application` process on a free port, on the test database."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+    from django.conf import settings
+
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}", "LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "karen_host.asgi:application"],
+        env=env, cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        raise RuntimeError(f"daphne did not start: {process.stderr.read().decode()[-2000:]}")
+    yield url
+    process.terminate()
+    process.wait(timeout=10)

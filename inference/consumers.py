@@ -1,0 +1,198 @@
+"""Websocket token streaming at /ws/v1/generate (protocol: docs/websocket.md).
+
+Framing only: each `generate` frame goes through the same resolve, submit and
+metering steps as HTTP (inference.api.flow); this consumer relays the job's events.
+"""
+
+import asyncio
+import json
+from typing import Any
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from pydantic import ValidationError
+
+from inference.api import flow
+from inference.api.errors import (
+    APIError,
+    AuthenticationFailed,
+    InvalidRequest,
+    Unavailable,
+    as_api_error,
+    describe_validation_error,
+)
+from inference.api.ws_schemas import PROTOCOL, CancelFrame, GenerateFrame
+from inference.auth import Principal, principal_for
+from inference.engine import JobHandle, Outcome
+
+CLOSE_UNAUTHENTICATED = 4401
+
+
+def _bearer(scope: dict[str, Any]) -> str | None:
+    """The token from `Authorization: Bearer` or a `bearer.<token>` subprotocol; never the query string."""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            kind, _, secret = value.decode("latin1").partition(" ")
+            if kind.lower() == "bearer" and secret.strip():
+                return secret.strip()
+    for subprotocol in scope.get("subprotocols", []):
+        if subprotocol.startswith("bearer."):
+            return subprotocol.removeprefix("bearer.")
+    return None
+
+
+class GenerateConsumer(AsyncWebsocketConsumer):
+    """Several generations at once on one socket, each metered as one request."""
+
+    principal: Principal | None = None
+
+    async def connect(self) -> None:
+        self.jobs: dict[str, tuple[asyncio.Task, JobHandle | None]] = {}
+        self.handles: dict[str, JobHandle] = {}
+        offered = self.scope.get("subprotocols", [])
+        await self.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
+        secret = _bearer(self.scope)
+        try:
+            if secret is None:
+                raise AuthenticationFailed(
+                    "Missing bearer token (Authorization header or 'bearer.<token>' subprotocol)."
+                )
+            self.principal = await principal_for(secret)
+        except APIError as exc:
+            # Accept, then close at once: a close before accept would reach the client as a
+            # bare HTTP 403, and the client could not tell a bad token from a bad origin.
+            await self.close(code=CLOSE_UNAUTHENTICATED, reason=str(exc)[:120])
+
+    async def disconnect(self, code: int) -> None:
+        for handle in self.handles.values():
+            handle.cancel()  # each is finalized as `cancelled` by its own outcome
+        for task in [t for t, _ in self.jobs.values()]:
+            task.cancel()
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.principal is None:
+            return
+        try:
+            frame = json.loads(text_data if text_data is not None else bytes_data.decode())
+        except (ValueError, UnicodeDecodeError):
+            await self._error(None, InvalidRequest("Frame is not valid JSON.", code="invalid_json"))
+            return
+        if not isinstance(frame, dict):
+            await self._error(None, InvalidRequest("A frame is a JSON object with a 'type'.", code="invalid_frame"))
+            return
+        kind, frame_id = frame.get("type"), frame.get("id") if isinstance(frame.get("id"), str) else None
+        if kind == "generate":
+            await self._start(frame, frame_id)
+        elif kind == "cancel":
+            await self._cancel(frame, frame_id)
+        else:
+            message = f"Unknown frame type {kind!r}; send 'generate' or 'cancel'."
+            await self._error(frame_id, InvalidRequest(message, param="type", code="invalid_frame"))
+
+    async def _start(self, frame: dict[str, Any], frame_id: str | None) -> None:
+        try:
+            request = GenerateFrame.model_validate(frame)
+        except ValidationError as exc:
+            message, param = describe_validation_error(exc.errors())
+            await self._error(frame_id, InvalidRequest(message, param=param, code="invalid_value"))
+            return
+        if request.id in self.jobs:
+            message = f"A generation with id {request.id!r} is already running on this socket."
+            await self._error(request.id, InvalidRequest(message, param="id", code="duplicate_id"))
+            return
+        task = asyncio.create_task(self._generate(request))
+        self.jobs[request.id] = (task, None)
+        task.add_done_callback(lambda _t: self._forget(request.id))
+
+    def _forget(self, frame_id: str) -> None:
+        self.jobs.pop(frame_id, None)
+        self.handles.pop(frame_id, None)
+
+    async def _cancel(self, frame: dict[str, Any], frame_id: str | None) -> None:
+        try:
+            request = CancelFrame.model_validate(frame)
+        except ValidationError:
+            await self._error(frame_id, InvalidRequest("cancel needs the 'id' of a generation.", param="id"))
+            return
+        handle = self.handles.get(request.id)
+        if handle is not None:
+            handle.cancel()  # the generation's own task sends its `done` frame
+        elif request.id not in self.jobs:
+            message = f"No generation with id {request.id!r} is running."
+            await self._error(request.id, InvalidRequest(message, param="id", code="unknown_id"))
+        else:
+            self.jobs[request.id][0].cancel()  # not yet submitted: stop before admission
+
+    async def _generate(self, request: GenerateFrame) -> None:
+        try:
+            self.principal.require_scope("inference")
+            spec = await flow.resolve_spec(self.principal, request.model)
+            schema = _schema(request)
+            sampling = flow.build_sampling(request, spec, json_schema=schema)
+            fields = (
+                {"kind": "chat", "messages": [m.model_dump() for m in request.messages]}
+                if request.messages is not None
+                else {"kind": "completion", "prompt": request.prompt}
+            )
+            job = flow.make_job(spec, request, sampling=sampling, **fields)
+            handle = await flow.submit(
+                principal=self.principal, spec=spec, job=job, endpoint="ws.generate",
+                request_id=flow.new_request_id(), client=(self.scope.get("client") or [None])[0],
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            await self._error(request.id, as_api_error(exc))
+            return
+        self.handles[request.id] = handle
+        await self.send_json({"type": "start", "id": request.id, "model": spec.model_id})
+        await self._relay(request.id, handle)
+
+    async def _relay(self, frame_id: str, handle: JobHandle) -> None:
+        """Send tokens as they come, merged with whatever queued while the client was slow.
+
+        Backpressure: a reader so slow that WS_MAX_BACKLOG events pile up has its
+        generation cancelled (error `slow_consumer`) rather than buffered without bound.
+        """
+        too_slow = False
+        events = handle.events()
+        try:
+            async for event in events:
+                if isinstance(event, Outcome):
+                    if too_slow:
+                        message = "The client read too slowly; the generation was stopped."
+                        await self._error(frame_id, Unavailable(message, code="slow_consumer"))
+                    else:
+                        await self._finish(frame_id, event)
+                    return
+                if handle.backlog > settings.WS_MAX_BACKLOG and not too_slow:
+                    too_slow = True
+                    handle.cancel()
+                text = event.text + "".join(t.text for t in handle.drain_tokens())
+                await self.send_json({"type": "token", "id": frame_id, "text": text})
+        finally:
+            await events.aclose()
+
+    async def _finish(self, frame_id: str, outcome: Outcome) -> None:
+        if outcome.status in ("completed", "cancelled"):
+            await self.send_json({
+                "type": "done", "id": frame_id, "finish_reason": outcome.finish_reason,
+                "usage": flow.usage_body(outcome), "timings": outcome.timings(),
+            })  # fmt: skip
+        else:
+            await self._error(frame_id, flow.outcome_error(outcome))
+
+    async def _error(self, frame_id: str | None, error: APIError) -> None:
+        body = {"message": str(error), "type": error.error_type, "param": error.param, "code": error.code}
+        await self.send_json({"type": "error", "id": frame_id, "error": body})
+
+    async def send_json(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(content, ensure_ascii=False))
+
+
+def _schema(request: GenerateFrame) -> dict | None:
+    if request.response_format is None or request.response_format.type == "text":
+        return None
+    if request.response_format.type == "json_object":
+        return {}
+    return request.response_format.json_schema.schema_ or {}

@@ -1,4 +1,4 @@
-"""Single-stream speed: our /v1/chat/completions (SSE) against llama-cpp-python used directly.
+"""Single-stream speed: /v1/chat/completions (SSE) and /ws/v1/generate against llama-cpp-python direct.
 
 Starts `manage.py serve` on a free port with a throwaway database, and, in a separate
 child process, llama-cpp-python alone with the same model, context, threads and batch.
@@ -136,6 +136,27 @@ class Server:
         n = usage["completion_tokens"]
         return {"ttft_ms": (first - start) * 1000, "tokens": n, "decode_tps": (n - 1) / (last - first)}
 
+    def websocket(self, prompt: str, tokens: int, eog: list[int]) -> dict:
+        from websockets.sync.client import connect
+
+        frame = {"type": "generate", "id": "b", "model": self.model, "messages": [{"role": "user", "content": prompt}],
+                 "max_tokens": tokens, **SAMPLING, "seed": 1, "logit_bias": {str(t): -100 for t in eog}}  # fmt: skip
+        url = self.url.replace("http://", "ws://") + "/ws/v1/generate"
+        with connect(url, additional_headers=self.headers) as ws:
+            start = time.perf_counter()
+            ws.send(json.dumps(frame))
+            first = last = None
+            while True:
+                event = json.loads(ws.recv(timeout=300))
+                if event["type"] == "token":
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                elif event["type"] in ("done", "error"):
+                    break
+        n = event["usage"]["completion_tokens"]
+        return {"ttft_ms": (first - start) * 1000, "tokens": n, "decode_tps": (n - 1) / (last - first)}
+
     def rss_mb(self) -> float:
         process = psutil.Process(self.proc.pid)
         return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
@@ -155,7 +176,7 @@ def main() -> None:
 
     model_path = str(bundled_model_path())
     prompts, eog = rendered_prompts(model_path)
-    direct_runs, server_runs, direct_rss = [], [], []
+    direct_runs, server_runs, ws_runs, direct_rss = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp))
         try:
@@ -165,6 +186,7 @@ def main() -> None:
                 direct_runs += direct["runs"]
                 direct_rss.append(direct["rss_mb"])
                 server_runs += [server.stream(p, args.tokens, eog) for p in PROMPTS]
+                ws_runs += [server.websocket(p, args.tokens, eog) for p in PROMPTS]
             time.sleep(1)
             server_rss = server.rss_mb()
         finally:
@@ -186,9 +208,13 @@ def main() -> None:
         "max_tokens": args.tokens,
         "direct": {**summary(direct_runs), "rss_mb": round(statistics.median(direct_rss), 1)},
         "server_sse": {**summary(server_runs), "rss_mb_loaded_idle": round(server_rss, 1)},
+        "server_websocket": summary(ws_runs),
     }
     result["ratio_decode_tps"] = round(
         result["server_sse"]["decode_tps_median"] / result["direct"]["decode_tps_median"], 3
+    )
+    result["ratio_websocket_decode_tps"] = round(
+        result["server_websocket"]["decode_tps_median"] / result["direct"]["decode_tps_median"], 3
     )
     result["rss_overhead_mb"] = round(result["server_sse"]["rss_mb_loaded_idle"] - result["direct"]["rss_mb"], 1)
     out = ROOT / "bench" / "results" / "throughput.json"
@@ -198,7 +224,12 @@ def main() -> None:
     print(f"{'':28}{'decode tok/s':>14}{'TTFT ms':>10}{'RSS MB':>9}")
     print(f"{'llama-cpp-python direct':28}{d['decode_tps_median']:>14}{d['ttft_ms_median']:>10}{d['rss_mb']:>9}")
     print(f"{'karen-host /v1 SSE':28}{s['decode_tps_median']:>14}{s['ttft_ms_median']:>10}{s['rss_mb_loaded_idle']:>9}")
-    print(f"ratio (server/direct) decode: {result['ratio_decode_tps']}   RSS overhead: {result['rss_overhead_mb']} MB")
+    w = result["server_websocket"]
+    print(f"{'karen-host websocket':28}{w['decode_tps_median']:>14}{w['ttft_ms_median']:>10}{'':>9}")
+    print(
+        f"ratio to direct, decode: SSE {result['ratio_decode_tps']}, websocket {result['ratio_websocket_decode_tps']};"
+        f" RSS overhead: {result['rss_overhead_mb']} MB"
+    )
     print(f"wrote {out.relative_to(ROOT)}")
 
 

@@ -94,7 +94,7 @@ class JobHandle:
     reaching the end must be followed by `cancel()`; the stream helpers do that.
     """
 
-    def __init__(self, job: Job, *, coalesce_s: float = 0.015) -> None:
+    def __init__(self, job: Job, *, coalesce_s: float = 0.025) -> None:
         self.job = job
         self.cancelled = threading.Event()
         self.outcome: Future[Outcome] = Future()

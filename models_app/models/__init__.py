@@ -1,0 +1,5 @@
+from models_app.models.registry import LLMModel, ModelConfig
+from models_app.models.tokens import APIToken
+from models_app.models.usage import UsageRecord
+
+__all__ = ["APIToken", "LLMModel", "ModelConfig", "UsageRecord"]

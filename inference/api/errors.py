@@ -12,7 +12,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 
 from inference.engine.llama_runner import PromptError
 from inference.engine.pool import ModelBusy, ModelLoadFailed, NoRoom
-from inference.engine.worker import QueueFull
+from inference.engine.scheduler import QueueFull
 
 logger = logging.getLogger(__name__)
 

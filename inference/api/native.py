@@ -170,7 +170,7 @@ async def karen_config(request: HttpRequest) -> dict[str, Any]:
     config = await sync_to_async(lambda: model.config)()
     return {
         "model": model.id,
-        "context_window": config.n_ctx,
+        "context_window": config.n_ctx // config.n_parallel,  # what one request gets
         "temperature": config.temperature,
         "max_tokens": config.max_tokens,
         "top_p": config.top_p,

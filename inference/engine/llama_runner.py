@@ -1,22 +1,24 @@
-"""One loaded model: llama-cpp-python's Llama plus the loop that turns a job into tokens.
+"""One loaded model: llama.cpp's model and a multi-sequence context, plus prompt building.
 
-Not thread-safe: the model's worker thread is the only caller of `generate` and
-`embed`; `tokenize_prompt` only reads the vocabulary and may run on any thread.
+The context holds `n_parallel` sequences, each with its own KV stream of
+n_ctx / n_parallel tokens (llama.cpp server's default layout), so one decode call
+advances every active request. Only the model's scheduler thread decodes;
+`tokenize_prompt` and `render_chat` only read the vocabulary and may run anywhere.
 """
 
-import codecs
+import ctypes
 import json
+import logging
 import os
-import random
 import threading
 import time
 from functools import lru_cache
 from typing import Any
 
 import llama_cpp
-import numpy as np
+from llama_cpp import _internals
 
-from inference.engine.jobs import Job, JobHandle, Outcome, Token
+from inference.engine.jobs import Job, Outcome, Sampling
 from inference.engine.spec import ModelSpec
 from models_app.chat_templates import ChatTemplateError, render_chat_template
 
@@ -27,6 +29,13 @@ _ROPE_SCALING = {
     "linear": llama_cpp.LLAMA_ROPE_SCALING_TYPE_LINEAR,
     "yarn": llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
 }
+PENALTY_LAST_N = 64
+
+# llama.cpp logs through this logger's level; left unset it prints every debug line of
+# context creation to stderr (Llama(verbose=False) sets it, the low-level API does not).
+_llama_log = logging.getLogger("llama-cpp-python")
+if _llama_log.level == logging.NOTSET:
+    _llama_log.setLevel(logging.ERROR)
 
 
 class PromptError(ValueError):
@@ -55,51 +64,55 @@ def _message_text(content: Any) -> str:
     return "".join(part.get("text", "") for part in content or [] if part.get("type") == "text")
 
 
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest tail of `text` that could still grow into a stop string."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:n]):
-                longest = n
-                break
-    return longest
+def _threads(configured: int | None) -> int:
+    # llama-cpp-python's own default is half the cores; a server wants them all.
+    return configured or len(os.sched_getaffinity(0))
 
 
 class LlamaRunner:
-    """A model loaded with its ModelSpec, ready to tokenize, generate and embed."""
+    """A model loaded with its ModelSpec: tokenize, build samplers, decode batches, embed."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         kw = spec.llama_kwargs
-        self._common = {
-            "model_path": spec.path,
-            "n_gpu_layers": kw["n_gpu_layers"],
-            "use_mmap": kw["use_mmap"],
-            "use_mlock": kw["use_mlock"],
-            # llama-cpp-python's own default is half the cores; a server wants them all.
-            "n_threads": kw["n_threads"] or len(os.sched_getaffinity(0)),
-            "n_threads_batch": kw["n_threads"] or len(os.sched_getaffinity(0)),
-            "rope_scaling_type": _ROPE_SCALING[kw["rope_scaling"]],
-            "rope_freq_base": kw["rope_freq_base"],
-            "rope_freq_scale": kw["rope_freq_scale"],
-            "verbose": False,
-        }
-        self.llm = llama_cpp.Llama(
-            n_ctx=kw["n_ctx"],
-            n_batch=kw["n_batch"],
-            flash_attn=kw["flash_attn"],
-            type_k=_GGML_TYPES[kw["cache_type_k"]],
-            type_v=_GGML_TYPES[kw["cache_type_v"]],
-            **self._common,
+        self.n_parallel = max(1, int(kw.get("n_parallel", 1)))
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = kw["n_gpu_layers"]
+        mparams.use_mmap = kw["use_mmap"]
+        mparams.use_mlock = kw["use_mlock"]
+        self.model = _internals.LlamaModel(path_model=spec.path, params=mparams, verbose=False)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = kw["n_ctx"]
+        cparams.n_batch = cparams.n_ubatch = kw["n_batch"]
+        cparams.n_seq_max = self.n_parallel
+        cparams.kv_unified = False  # one KV stream per slot: attention never scans other slots' cells
+        cparams.n_threads = cparams.n_threads_batch = _threads(kw["n_threads"])
+        cparams.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if kw["flash_attn"] else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
+        cparams.type_k, cparams.type_v = _GGML_TYPES[kw["cache_type_k"]], _GGML_TYPES[kw["cache_type_v"]]
+        cparams.rope_scaling_type = _ROPE_SCALING[kw["rope_scaling"]]
+        cparams.rope_freq_base, cparams.rope_freq_scale = kw["rope_freq_base"], kw["rope_freq_scale"]
+        cparams.no_perf = True
+        try:
+            self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
+        except Exception:
+            self.model.close()
+            raise
+        self.n_batch = kw["n_batch"]
+        self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=self.n_parallel, verbose=False)
+        self.vocab = self.model.vocab
+        self.n_vocab = self.model.n_vocab()
+        self._pieces: dict[int, bytes] = {}
         self._embedder: llama_cpp.Llama | None = None
         self._embedder_lock = threading.Lock()
 
     @property
-    def n_ctx(self) -> int:
-        return self.llm.n_ctx()
+    def n_ctx_slot(self) -> int:
+        """Context each request gets: the context divided among the slots."""
+        return self.ctx.n_ctx() // self.n_parallel
 
+    # -- prompts ---------------------------------------------------------------------
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The prompt for `messages` through the model's own template (sandboxed)."""
         if not self.spec.chat_template:
@@ -122,115 +135,80 @@ class LlamaRunner:
         """Prompt tokens for a chat or completion job; raise PromptError if they do not fit."""
         text = self.render_chat(job.messages) if job.kind == "chat" else job.prompt
         add_bos = self.spec.add_bos and not (self.spec.bos_token and text.startswith(self.spec.bos_token))
-        tokens = self.llm.tokenize(text.encode(), add_bos=add_bos, special=True)
+        tokens = self.model.tokenize(text.encode(), add_bos=add_bos, special=True)
         param = "messages" if job.kind == "chat" else "prompt"
         if not tokens:
             raise PromptError("The prompt is empty.", param=param, code="empty_prompt")
-        if len(tokens) >= self.n_ctx:
+        if len(tokens) >= self.n_ctx_slot:
             raise PromptError(
-                f"The prompt is {len(tokens)} tokens but {self.spec.model_id} is loaded with a context of "
-                f"{self.n_ctx}; shorten the {param} or raise n_ctx in the model's config.",
+                f"The prompt is {len(tokens)} tokens but each request to {self.spec.model_id} gets "
+                f"{self.n_ctx_slot} (n_ctx {self.ctx.n_ctx()} / n_parallel {self.n_parallel}); shorten the "
+                f"{param}, or raise n_ctx or lower n_parallel in the model's config.",
                 param=param,
                 code="context_length_exceeded",
             )
         return tokens
 
-    def generate(self, job: Job, tokens: list[int], handle: JobHandle) -> Outcome:
-        """Decode until a stop, the token limit or cancellation; push tokens to `handle`."""
-        s = job.sampling
-        llm = self.llm
-        max_tokens = min(s.max_tokens, self.n_ctx - len(tokens))
-        llm.set_seed(s.seed if s.seed is not None else random.randint(0, 2**31 - 1))
-        processors = None
-        if s.logit_bias:
-            ids = np.fromiter(s.logit_bias.keys(), dtype=np.intc)
-            bias = np.fromiter(s.logit_bias.values(), dtype=np.single)
+    # -- decoding (scheduler thread only) ------------------------------------------------
+    def new_sampler(self, sampling: Sampling, seed: int) -> _internals.LlamaSampler:
+        """A sampler chain for one request: bias, penalties, grammar, then greedy or random."""
+        sampler = _internals.LlamaSampler()
+        if sampling.logit_bias:
+            sampler.add_logit_bias(self.n_vocab, sampling.logit_bias)
+        sampler.add_penalties(
+            self.n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, sampling.frequency_penalty,
+            sampling.presence_penalty,
+        )  # fmt: skip
+        if sampling.json_schema is not None:
+            sampler.add_grammar(self.model, compile_grammar(sampling.json_schema))
+        if sampling.temperature == 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(sampling.top_k)
+            sampler.add_top_p(sampling.top_p, 1)
+            sampler.add_min_p(sampling.min_p, 1)
+            sampler.add_temp(sampling.temperature)
+            sampler.add_dist(seed)
+        return sampler
 
-            def apply_bias(_input_ids: Any, scores: Any) -> Any:
-                scores[ids] += bias
-                return scores
+    def is_eog(self, token: int) -> bool:
+        return llama_cpp.llama_vocab_is_eog(self.vocab, token)
 
-            processors = llama_cpp.LogitsProcessorList([apply_bias])
-        grammar = compile_grammar(s.json_schema) if s.json_schema is not None else None
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        vocab = llm._model.vocab
-        started = time.perf_counter()
-        first_at: float | None = None
-        pending, produced, finish = "", 0, "length"
-        status = "completed"
-        for token in llm.generate(
-            tokens,
-            top_k=s.top_k,
-            top_p=s.top_p,
-            min_p=s.min_p,
-            temp=s.temperature,
-            repeat_penalty=s.repeat_penalty,
-            presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty,
-            logits_processor=processors,
-            grammar=grammar,
-        ):
-            if first_at is None:
-                first_at = time.perf_counter()
-            if handle.cancelled.is_set():
-                status, finish = "cancelled", "cancelled"
-                break
-            if llama_cpp.llama_vocab_is_eog(vocab, token):
-                finish = "stop"
-                break
-            produced += 1
-            pending += decoder.decode(llm.detokenize([token], special=False))
-            if s.stop:
-                hit = min((i for i in (pending.find(x) for x in s.stop) if i >= 0), default=-1)
-                if hit >= 0:
-                    if hit:
-                        handle.push(Token(pending[:hit]))
-                    pending, finish = "", "stop"
-                    break
-                keep = _held_back(pending, s.stop)
-                ready, pending = (pending[:-keep], pending[-keep:]) if keep else (pending, "")
-            else:
-                ready, pending = pending, ""
-            if ready:
-                handle.push(Token(ready))
-            if produced >= max_tokens:
-                break
-        pending += decoder.decode(b"", final=True)
-        if pending and status == "completed":
-            handle.push(Token(pending))
-        ended = time.perf_counter()
-        first_at = first_at or ended
-        return Outcome(
-            status=status,
-            finish_reason=finish,
-            prompt_tokens=len(tokens),
-            completion_tokens=produced,
-            time_to_first_token_ms=round((first_at - job.submitted_at_perf) * 1000, 2),
-            prompt_ms=(first_at - started) * 1000,
-            decode_ms=(ended - first_at) * 1000,
-            duration_ms=(ended - job.submitted_at_perf) * 1000,
-        )
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token (cached: the vocabulary never changes)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            cached = self._pieces[token] = buf.raw[:n]
+        return cached
 
+    def forget(self, seq_id: int, from_pos: int = 0) -> None:
+        """Drop a slot's KV from `from_pos` on (0: all of it)."""
+        llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq_id, from_pos, -1)
+
+    # -- embeddings -------------------------------------------------------------------
     def embed(self, job: Job) -> Outcome:
         """Mean-pooled, normalized embeddings of `job.inputs` from a second, embedding context."""
+        n_ctx = min(self.spec.llama_kwargs["n_ctx"], 2048)
         with self._embedder_lock:
             if self._embedder is None:
                 self._embedder = llama_cpp.Llama(
-                    embedding=True,
-                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                    n_ctx=min(self.spec.llama_kwargs["n_ctx"], 2048),
-                    n_batch=min(self.spec.llama_kwargs["n_ctx"], 2048),
-                    n_ubatch=min(self.spec.llama_kwargs["n_ctx"], 2048),
-                    **self._common,
-                )
+                    self.spec.path, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                    n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_gpu_layers=self.spec.llama_kwargs["n_gpu_layers"],
+                    n_threads=_threads(self.spec.llama_kwargs["n_threads"]),
+                    n_threads_batch=_threads(self.spec.llama_kwargs["n_threads"]), verbose=False,
+                )  # fmt: skip
         started = time.perf_counter()
-        limit = self._embedder.n_ctx()
         counts = []
         for i, text in enumerate(job.inputs):
             n = len(self._embedder.tokenize(text.encode(), add_bos=self.spec.add_bos, special=True))
-            if n > limit:
+            if n > n_ctx:
                 raise PromptError(
-                    f"input[{i}] is {n} tokens; embeddings take at most {limit}.",
+                    f"input[{i}] is {n} tokens; embeddings take at most {n_ctx}.",
                     param="input",
                     code="context_length_exceeded",
                 )
@@ -242,12 +220,13 @@ class LlamaRunner:
             finish_reason="stop",
             prompt_tokens=sum(counts),
             embeddings=vectors,
-            time_to_first_token_ms=None,
             prompt_ms=(ended - started) * 1000,
             duration_ms=(ended - job.submitted_at_perf) * 1000,
         )
 
     def close(self) -> None:
-        self.llm.close()
+        self.batch.close()
+        self.ctx.close()
+        self.model.close()
         if self._embedder is not None:
             self._embedder.close()

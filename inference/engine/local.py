@@ -64,6 +64,9 @@ class LocalEngine:
                     "load_ms": round(m.load_ms, 1),
                     "in_flight": m.worker.in_flight,
                     "queued": m.worker.waiting,
+                    "slots": m.runner.n_parallel,
+                    "busy_slots": m.worker.running,
+                    "scheduler": dict(m.worker.stats),
                     "keep_alive_s": m.keep_alive_s,
                 }
                 for m in pool.loaded()

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from inference.engine.llama_runner import LlamaRunner
+from inference.engine.scheduler import BatchScheduler
 from inference.engine.spec import ModelSpec
-from inference.engine.worker import ModelWorker
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ModelLoadFailed(PoolError):
 class LoadedModel:
     spec: ModelSpec
     runner: LlamaRunner
-    worker: ModelWorker
+    worker: BatchScheduler
     load_ms: float
     estimated_mb: float
     leases: int = 0
@@ -194,7 +194,7 @@ class ModelPool:
         self.stats.loads += 1
         self.stats.load_ms[spec.model_id] = round(load_ms, 1)
         logger.info("loaded %s in %.0f ms", spec.model_id, load_ms)
-        worker = ModelWorker(runner, max_queue=self.max_queue, queue_timeout_s=self.queue_timeout_s)
+        worker = BatchScheduler(runner, max_queue=self.max_queue, queue_timeout_s=self.queue_timeout_s)
         return LoadedModel(spec, runner, worker, load_ms, spec.estimated_mb(), keep_alive_s=self.default_keep_alive_s)
 
     def unload(self, model_id: str) -> bool:

@@ -56,6 +56,7 @@ class ModelSpec:
             context_length=model.context_length or config.n_ctx,
             llama_kwargs={
                 "n_ctx": config.n_ctx,
+                "n_parallel": config.n_parallel,
                 "n_threads": config.n_threads,
                 "n_batch": config.n_batch,
                 "n_gpu_layers": config.n_gpu_layers,

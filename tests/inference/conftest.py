@@ -67,7 +67,7 @@ def openai_client(live):
 
 
 @pytest.fixture(scope="session")
-def live_daphne_url(django_db_setup, django_db_blocker):
+def live_daphne_url(django_db_setup, django_db_blocker, tmp_path_factory):
     """A real `daphne karen_host.asgi:application` process on a free port, on the test database."""
     import os
     import subprocess
@@ -78,21 +78,26 @@ def live_daphne_url(django_db_setup, django_db_blocker):
 
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}", "LOG_LEVEL": "WARNING"}
+    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "karen_host.asgi:application"],
-        env=env, cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=env, cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
+    deadline = time.time() + 90
     while time.time() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
                 break
         except httpx.HTTPError:
             time.sleep(0.1)
     else:
         process.kill()
-        raise RuntimeError(f"daphne did not start: {process.stderr.read().decode()[-2000:]}")
+        raise RuntimeError(f"daphne did not start: {log.read_text()[-2000:]}")
     yield url
     process.terminate()
-    process.wait(timeout=10)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -23,7 +23,7 @@ def communicator(secret=None, *, subprotocols=None, origin=None):
     return WebsocketCommunicator(application, "/ws/v1/generate", headers=headers, subprotocols=subprotocols)
 
 
-async def until(comm, frame_type, frame_id=None, timeout=30):
+async def until(comm, frame_type, frame_id=None, timeout=60):
     """Frames received until (and including) the first of `frame_type` for `frame_id`."""
     frames = []
     while True:
@@ -75,14 +75,14 @@ async def test_subprotocol_token_is_accepted_and_karen_v1_is_selected(secret, sm
 async def test_bad_or_missing_token_closes_with_4401(db, secret_value):
     comm = communicator(secret_value)
     await comm.connect()
-    closed = await comm.receive_output(timeout=5)
+    closed = await comm.receive_output(timeout=30)
     assert closed["type"] == "websocket.close" and closed["code"] == 4401
 
 
 async def test_token_in_the_query_string_is_not_accepted(secret):
     comm = WebsocketCommunicator(application, f"/ws/v1/generate?token={secret}")
     await comm.connect()
-    assert (await comm.receive_output(timeout=5))["code"] == 4401
+    assert (await comm.receive_output(timeout=30))["code"] == 4401
 
 
 async def test_foreign_origin_is_refused(secret):
@@ -98,7 +98,7 @@ async def test_two_concurrent_ids_both_finish_and_are_metered(secret, small_mode
     await comm.send_json_to(generate("two", small_model.id, messages=[{"role": "user", "content": "Bye"}]))
     done = {}
     while len(done) < 2:
-        frame = await comm.receive_json_from(timeout=30)
+        frame = await comm.receive_json_from(timeout=60)
         if frame["type"] == "done":
             done[frame["id"]] = frame
     assert set(done) == {"one", "two"}
@@ -126,7 +126,7 @@ async def test_disconnect_cancels_everything_in_flight(secret, small_model):
         await comm.send_json_to(generate(frame_id, small_model.id, max_tokens=2000, logit_bias=NO_EOS))
     await until(comm, "token", "x")
     await comm.disconnect()
-    for _ in range(200):
+    for _ in range(1200):  # up to a minute on a loaded machine
         statuses = await sync_to_async(lambda: sorted(UsageRecord.objects.values_list("status", flat=True)))()
         if statuses == ["cancelled", "cancelled"]:
             break
@@ -149,7 +149,7 @@ async def test_malformed_frames_get_an_error_frame_and_the_socket_stays(secret, 
     comm = communicator(secret)
     await comm.connect()
     await comm.send_to(text_data=raw)
-    frame = await comm.receive_json_from(timeout=10)
+    frame = await comm.receive_json_from(timeout=60)
     assert frame["type"] == "error" and frame["error"]["code"] == code
     await comm.send_json_to(generate("after", small_model.id, max_tokens=2))
     assert (await until(comm, "done", "after"))[-1]["type"] == "done"
@@ -162,10 +162,10 @@ async def test_model_not_allowed_is_an_error_frame_not_a_close(admin_user, small
     comm = communicator(secret)
     await comm.connect()
     await comm.send_json_to(generate("a", small_model.id))
-    frame = await comm.receive_json_from(timeout=10)
+    frame = await comm.receive_json_from(timeout=60)
     assert frame["type"] == "error" and frame["id"] == "a" and frame["error"]["type"] == "permission_error"
     await comm.send_json_to({"type": "generate", "id": "b", "model": "nope", "prompt": "x"})
-    assert (await comm.receive_json_from(timeout=10))["error"]["type"] == "not_found_error"
+    assert (await comm.receive_json_from(timeout=60))["error"]["type"] == "not_found_error"
     await comm.disconnect()
 
 
@@ -175,5 +175,5 @@ async def test_token_without_inference_scope_gets_an_error_frame(admin_user, sma
     connected, _ = await comm.connect()
     assert connected
     await comm.send_json_to(generate("a", small_model.id))
-    assert (await comm.receive_json_from(timeout=10))["error"]["code"] == "insufficient_scope"
+    assert (await comm.receive_json_from(timeout=60))["error"]["code"] == "insufficient_scope"
     await comm.disconnect()

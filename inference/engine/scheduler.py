@@ -1,0 +1,364 @@
+"""Continuous batching: a model's slots share one llama.cpp context and decode together.
+
+Each step puts one token from every generating slot into a single batch, fills the
+rest with prompt chunks of newly admitted requests (chunked prefill, so a long prompt
+does not stall the others), decodes once, and samples each slot with its own sampler.
+A finished or cancelled slot is free at the next step. A new request takes the free
+slot whose cached tokens share the longest prefix with its prompt and reuses that KV.
+
+Thread-safety: `submit` and the counters may be used from any thread; everything else
+runs on the scheduler's own thread, the only one that calls llama.cpp for this model.
+"""
+
+import codecs
+import logging
+import queue
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from inference.engine.jobs import Job, JobHandle, Outcome, Token
+from inference.engine.llama_runner import LlamaRunner, PromptError
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The model's wait queue is at its limit."""
+
+    def __init__(self, model_id: str, depth: int) -> None:
+        super().__init__(f"{model_id} has {depth} requests waiting, its limit; retry shortly.")
+        self.depth = depth
+
+
+@dataclass
+class _Item:
+    job: Job
+    handle: JobHandle
+    tokens: list[int]
+
+
+@dataclass
+class _Request:
+    """The state of one request while it holds a slot."""
+
+    item: _Item
+    sampler: object
+    prompt_rest: list[int]
+    max_tokens: int
+    admitted_at: float
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    pending: str = ""
+    produced: int = 0
+    last: int = -1
+    first_at: float | None = None
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this slot's stream holds
+    request: _Request | None = None
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of `text` that could still grow into a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class BatchScheduler:
+    """Runs one model's requests in `n_parallel` slots on a dedicated thread."""
+
+    def __init__(self, runner: LlamaRunner, *, max_queue: int, queue_timeout_s: float) -> None:
+        self.runner = runner
+        self.max_queue = max_queue
+        self.queue_timeout_s = queue_timeout_s
+        self.slots = [_Slot(i) for i in range(runner.n_parallel)]
+        self.stats = {"steps": 0, "batched_tokens": 0, "prefix_hits": 0, "prefix_tokens_reused": 0}
+        self._inbox: queue.Queue[_Item | None] = queue.Queue()
+        self._waiting: deque[_Item] = deque()
+        self._lock = threading.Lock()
+        self.waiting = 0
+        self.running = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name=f"llama-{runner.spec.model_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def in_flight(self) -> int:
+        return self.waiting + self.running
+
+    def submit(
+        self, job: Job, handle: JobHandle, tokens: list[int], *, before_queue: Callable[[], None] | None = None
+    ) -> None:
+        """Queue a job; raise QueueFull at the limit. Thread-safe; blocks only in `before_queue`.
+
+        `before_queue` runs once a place in the queue is held and before the job is in
+        it (admission): a full queue never admits, and a failed admission frees the place.
+        """
+        with self._lock:
+            if self.waiting >= self.max_queue:
+                raise QueueFull(job.model_id, self.waiting)
+            self.waiting += 1
+        try:
+            if before_queue is not None:
+                before_queue()
+        except BaseException:
+            with self._lock:
+                self.waiting -= 1
+            raise
+        self._inbox.put(_Item(job, handle, tokens))
+
+    def stop(self) -> None:
+        """End the thread; running and queued jobs end as cancelled."""
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    # -- the loop -----------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping:
+            busy = any(slot.request for slot in self.slots) or self._waiting
+            self._take_inbox(block=not busy)
+            self._expire_waiting()
+            self._admit()
+            active = [slot for slot in self.slots if slot.request]
+            if active:
+                try:
+                    self._step(active)
+                except Exception as exc:  # a failed decode ends the requests in it, not the thread
+                    logger.exception("decode step on %s failed", self.runner.spec.model_id)
+                    for slot in active:
+                        self._finish(slot, "error", "error", error=f"decode failed: {exc}", code="engine_error")
+        for slot in self.slots:
+            if slot.request:
+                self._finish(slot, "cancelled", "cancelled", error="the model was unloaded")
+        for item in [*self._waiting, *self._drain_inbox()]:
+            self._end_waiting(item, Outcome("cancelled", "cancelled", error="the model was unloaded"))
+
+    def _take_inbox(self, *, block: bool) -> None:
+        try:
+            item = self._inbox.get(block=block)
+        except queue.Empty:
+            return
+        while True:
+            if item is None:
+                self._stopping = True
+                return
+            if item.job.kind == "embedding":
+                self._run_embedding(item)
+            else:
+                self._waiting.append(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _drain_inbox(self) -> list[_Item]:
+        items = []
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not None:
+                items.append(item)
+
+    def _end_waiting(self, item: _Item, outcome: Outcome) -> None:
+        with self._lock:
+            self.waiting -= 1
+        item.handle.push(outcome)
+
+    def _expire_waiting(self) -> None:
+        now = time.perf_counter()
+        for item in list(self._waiting):
+            waited = now - item.job.submitted_at_perf
+            if item.handle.cancelled.is_set():
+                self._waiting.remove(item)
+                self._end_waiting(
+                    item, Outcome("cancelled", "cancelled", prompt_tokens=len(item.tokens), duration_ms=waited * 1000)
+                )
+            elif waited > self.queue_timeout_s:
+                self._waiting.remove(item)
+                message = (
+                    f"waited {waited:.1f}s in {item.job.model_id}'s queue, past its {self.queue_timeout_s:.0f}s limit"
+                )
+                self._end_waiting(
+                    item,
+                    Outcome("timeout", "error", error=message, error_code="queue_timeout", duration_ms=waited * 1000),
+                )
+
+    def _run_embedding(self, item: _Item) -> None:
+        with self._lock:
+            self.waiting -= 1
+            self.running += 1
+        try:
+            outcome = self.runner.embed(item.job)
+        except PromptError as exc:
+            outcome = Outcome("error", "error", error=str(exc), error_code=exc.code)
+        except Exception as exc:
+            logger.exception("embedding on %s failed", item.job.model_id)
+            outcome = Outcome("error", "error", error=f"embedding failed: {exc}", error_code="engine_error")
+        with self._lock:
+            self.running -= 1
+        item.handle.push(outcome)
+
+    def _admit(self) -> None:
+        """Give each waiting request (oldest first) the free slot with the longest shared prefix."""
+        while self._waiting:
+            free = [slot for slot in self.slots if slot.request is None]
+            if not free:
+                return
+            item = self._waiting.popleft()
+            slot = max(free, key=lambda s: _common_prefix(s.cached, item.tokens))
+            keep = min(_common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
+            self.runner.forget(slot.seq_id, keep)
+            slot.cached = slot.cached[:keep]
+            if keep:
+                self.stats["prefix_hits"] += 1
+                self.stats["prefix_tokens_reused"] += keep
+            sampling = item.job.sampling
+            seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
+            slot.request = _Request(
+                item=item,
+                sampler=self.runner.new_sampler(sampling, seed),
+                prompt_rest=item.tokens[keep:],
+                max_tokens=min(sampling.max_tokens, self.runner.n_ctx_slot - len(item.tokens)),
+                admitted_at=time.perf_counter(),
+            )
+            with self._lock:
+                self.waiting -= 1
+                self.running += 1
+
+    def _step(self, active: list[_Slot]) -> None:
+        """One decode call for every active slot, then one sampled token for each that is ready."""
+        for slot in active:
+            if slot.request.item.handle.cancelled.is_set():
+                self._finish(slot, "cancelled", "cancelled")
+        active = [slot for slot in active if slot.request]
+        if not active:
+            return
+        batch = self.runner.batch.batch
+        n_batch = self.runner.n_batch
+        n = 0
+        sample_at: list[tuple[_Slot, int]] = []
+        generating = [slot for slot in active if not slot.request.prompt_rest]
+        for slot in generating:
+            self._put(batch, n, slot.request.last, len(slot.cached), slot.seq_id, True)
+            slot.cached.append(slot.request.last)
+            sample_at.append((slot, n))
+            n += 1
+        # A long prompt takes a bounded share of each step while others are decoding.
+        prefill_budget = n_batch - n if not generating else max(64, n_batch // 4)
+        for slot in active:
+            request = slot.request
+            if not request.prompt_rest or prefill_budget <= 0 or n >= n_batch:
+                continue
+            chunk = request.prompt_rest[: min(prefill_budget, n_batch - n)]
+            request.prompt_rest = request.prompt_rest[len(chunk) :]
+            start = len(slot.cached)
+            for i, token in enumerate(chunk):
+                self._put(batch, n, token, start + i, slot.seq_id, False)
+                n += 1
+            slot.cached.extend(chunk)
+            prefill_budget -= len(chunk)
+            if not request.prompt_rest:
+                batch.logits[n - 1] = True
+                sample_at.append((slot, n - 1))
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.runner.ctx.ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        self.stats["steps"] += 1
+        self.stats["batched_tokens"] += n
+        ctx = self.runner.ctx.ctx
+        for slot, index in sample_at:
+            token = llama_cpp.llama_sampler_sample(slot.request.sampler.sampler, ctx, index)
+            self._on_token(slot, token)
+
+    @staticmethod
+    def _put(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.seq_id[i][0] = seq_id
+        batch.n_seq_id[i] = 1
+        batch.logits[i] = logits
+
+    def _on_token(self, slot: _Slot, token: int) -> None:
+        request = slot.request
+        if request.first_at is None:
+            request.first_at = time.perf_counter()
+        if self.runner.is_eog(token):
+            self._finish(slot, "completed", "stop")
+            return
+        request.produced += 1
+        request.last = token
+        handle, stops = request.item.handle, request.item.job.sampling.stop
+        request.pending += request.decoder.decode(self.runner.piece(token))
+        if stops:
+            hit = min((i for i in (request.pending.find(s) for s in stops) if i >= 0), default=-1)
+            if hit >= 0:
+                if hit:
+                    handle.push(Token(request.pending[:hit]))
+                request.pending = ""
+                self._finish(slot, "completed", "stop")
+                return
+            keep = _held_back(request.pending, stops)
+            ready = request.pending[: len(request.pending) - keep]
+            request.pending = request.pending[len(ready) :]
+        else:
+            ready, request.pending = request.pending, ""
+        if ready:
+            handle.push(Token(ready))
+        if request.produced >= request.max_tokens:
+            self._finish(slot, "completed", "length")
+
+    def _finish(self, slot: _Slot, status: str, finish_reason: str, *, error: str = "", code: str = "") -> None:
+        request, slot.request = slot.request, None
+        if status == "error":
+            self.runner.forget(slot.seq_id)  # a failed step may have left partial KV
+            slot.cached = []
+        if status == "completed":
+            request.pending += request.decoder.decode(b"", final=True)
+            if request.pending:
+                request.item.handle.push(Token(request.pending))
+        ended = time.perf_counter()
+        first_at = request.first_at or ended
+        job = request.item.job
+        with self._lock:
+            self.running -= 1
+        request.item.handle.push(
+            Outcome(
+                status=status,
+                finish_reason=finish_reason,
+                prompt_tokens=len(request.item.tokens),
+                completion_tokens=request.produced,
+                time_to_first_token_ms=round((first_at - job.submitted_at_perf) * 1000, 2)
+                if request.first_at
+                else None,
+                prompt_ms=(first_at - request.admitted_at) * 1000,
+                decode_ms=(ended - first_at) * 1000,
+                duration_ms=(ended - job.submitted_at_perf) * 1000,
+                error=error,
+                error_code=code,
+            )
+        )

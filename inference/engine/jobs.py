@@ -136,6 +136,10 @@ class JobHandle:
         """Stop the job at its next token (or before it starts); safe from any thread."""
         self.cancelled.set()
 
+    async def outcome_async(self) -> Outcome:
+        """Wait for the outcome without consuming the event stream."""
+        return await asyncio.wrap_future(self.outcome)
+
     def on_outcome(self, callback: Callable[[Outcome], None]) -> None:
         """Call `callback(outcome)` once the job ends, on whichever thread ends it."""
         self.outcome.add_done_callback(lambda fut: callback(fut.result()))

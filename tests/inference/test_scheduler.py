@@ -1,0 +1,129 @@
+"""The continuous-batching scheduler with the real model."""
+
+import asyncio
+import threading
+import time
+from dataclasses import replace
+
+import httpx
+import pytest
+
+from inference.engine import Job, Outcome, Sampling, Token, get_engine
+from inference.engine.local import LocalEngine
+from inference.engine.pool import ModelPool
+from inference.engine.scheduler import QueueFull
+from inference.engine.spec import ModelSpec
+from models_app.models import ModelConfig
+
+NO_EOS = {0: -100.0, 1: -100.0, 2: -100.0}
+PROMPTS = [
+    "Name a fruit.", "Say something about the moon.", "What is 2 + 2?", "Describe a cat.",
+    "Give me a color.", "Write one word.", "Tell me about rivers.", "What do bees make?",
+]  # fmt: skip
+
+
+@pytest.fixture
+def engine_for(small_model):
+    engines = []
+
+    def build(*, n_parallel: int = 8, max_queue: int = 64) -> tuple[LocalEngine, ModelSpec]:
+        spec = ModelSpec.from_model(small_model)
+        spec = replace(spec, llama_kwargs={**spec.llama_kwargs, "n_parallel": n_parallel, "n_ctx": 4096})
+        pool = ModelPool(max_loaded=1, budget_mb=10_000, default_keep_alive_s=None, max_queue=max_queue,
+                         queue_timeout_s=60)  # fmt: skip
+        engines.append(pool)
+        return LocalEngine(pool), spec
+
+    yield build
+    for pool in engines:
+        pool.close()
+
+
+def chat(spec: ModelSpec, prompt: str, **sampling) -> Job:
+    options = {"temperature": 0.0, "max_tokens": 16, "seed": 3, **sampling}
+    return Job(model_id=spec.model_id, kind="chat", messages=[{"role": "user", "content": prompt}],
+               sampling=Sampling(**options))  # fmt: skip
+
+
+async def run(engine: LocalEngine, spec: ModelSpec, job: Job) -> tuple[str, Outcome]:
+    handle = await engine.submit(spec, job)
+    parts = []
+    async for event in handle.events():
+        if isinstance(event, Token):
+            parts.append(event.text)
+        else:
+            return "".join(parts), event
+    raise AssertionError("no outcome")
+
+
+async def test_eight_concurrent_greedy_requests_match_the_same_eight_one_by_one(engine_for):
+    engine, spec = engine_for(n_parallel=8)
+    alone = [await run(engine, spec, chat(spec, p)) for p in PROMPTS]
+    together = await asyncio.gather(*(run(engine, spec, chat(spec, p)) for p in PROMPTS))
+    assert [text for text, _ in together] == [text for text, _ in alone]
+    assert all(o.completion_tokens > 0 for _, o in together)
+    stats = engine.pool.get(spec.model_id).worker.stats
+    assert stats["batched_tokens"] > stats["steps"]  # some steps really carried several requests
+
+
+async def test_cancel_mid_generation_frees_the_slot_for_the_next_request(engine_for):
+    engine, spec = engine_for(n_parallel=1)
+    long_job = chat(spec, "Count to a thousand.", max_tokens=2000, logit_bias=NO_EOS)
+    handle = await engine.submit(spec, long_job)
+    waiting = asyncio.create_task(run(engine, spec, chat(spec, "Say hi.", max_tokens=4)))
+    events = handle.events()
+    assert isinstance(await anext(events), Token)
+    handle.cancel()
+    outcome = [e async for e in events][-1]
+    assert outcome.status == "cancelled" and 0 < outcome.completion_tokens < 2000
+    text, second = await asyncio.wait_for(waiting, timeout=60)
+    assert second.status == "completed" and text
+
+
+async def test_full_queue_refuses_at_once(engine_for):
+    engine, spec = engine_for(n_parallel=1, max_queue=1)
+    busy = await engine.submit(spec, chat(spec, "Count.", max_tokens=2000, logit_bias=NO_EOS))
+    queued = await engine.submit(spec, chat(spec, "Wait.", max_tokens=2))
+    with pytest.raises(QueueFull):
+        await engine.submit(spec, chat(spec, "One too many.", max_tokens=2))
+    busy.cancel()
+    assert (await queued.outcome_async()).status == "completed"
+
+
+async def test_same_system_prompt_reuses_the_cached_prefix_and_changes_nothing(engine_for):
+    engine, spec = engine_for(n_parallel=2)
+    system = {"role": "system", "content": "You are KAREN, a careful assistant. " * 8}
+    job = chat(spec, "")
+    first = await run(engine, spec, replace(job, messages=[system, {"role": "user", "content": "Hello"}]))
+    worker = engine.pool.get(spec.model_id).worker
+    hits_before = worker.stats["prefix_hits"]
+    second = await run(engine, spec, replace(chat(spec, ""), messages=[system, {"role": "user", "content": "Hello"}]))
+    assert worker.stats["prefix_hits"] == hits_before + 1 and worker.stats["prefix_tokens_reused"] > 60
+    assert second[0] == first[0]
+
+
+@pytest.fixture
+def one_slot_one_queue(small_model, settings, fresh_engine):
+    ModelConfig.objects.filter(model=small_model).update(n_parallel=1)
+    settings.MAX_QUEUE = 1
+
+
+def test_queue_overflow_is_429_with_retry_after(live, one_slot_one_queue):
+    url, secret, model = live
+    headers = {"Authorization": f"Bearer {secret}"}
+    long = {"model": model, "prompt": "Count:", "max_tokens": 2000, "stream": True,
+            "logit_bias": {str(k): v for k, v in NO_EOS.items()}}  # fmt: skip
+    with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}/v1/completions", json=long, headers=headers):
+        queued = threading.Thread(
+            target=httpx.post, args=(f"{url}/v1/completions",),
+            kwargs={"json": {**long, "stream": False, "max_tokens": 2}, "headers": headers, "timeout": 120},
+        )  # fmt: skip
+        queued.start()
+        scheduler = get_engine().pool.get(model).worker
+        deadline = time.time() + 60
+        while scheduler.waiting < 1 and time.time() < deadline:
+            time.sleep(0.02)
+        refused = httpx.post(f"{url}/v1/completions", json={**long, "stream": False}, headers=headers, timeout=60)
+    queued.join(timeout=120)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    assert refused.json()["error"]["type"] == "rate_limit_error"

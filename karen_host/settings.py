@@ -1,5 +1,6 @@
 """karen-host settings: every value comes from the environment (see .env.example)."""
 
+import os
 import secrets
 from pathlib import Path
 
@@ -40,6 +41,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "corsheaders",
     "channels",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
     "models_app",
     "inference",
 ]
@@ -83,7 +87,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # A file, not shared memory: live-server tests run the API on other threads and
     # processes, and shared-cache memory databases fail at once instead of waiting.
-    DATABASES["default"].setdefault("TEST", {"NAME": str(VAR_DIR / "test_karen_host.sqlite3")})
+    # The pid keeps two test runs on one checkout from deleting each other's database.
+    DATABASES["default"].setdefault("TEST", {"NAME": str(VAR_DIR / f"test_karen_host_{os.getpid()}.sqlite3")})
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -109,7 +114,8 @@ MODEL_PROBE_MEMORY_MB = env.int("MODEL_PROBE_MEMORY_MB", default=0)  # 0: file s
 
 # Redis, Celery, Channels
 REDIS_URL = env.str("REDIS_URL", default="")
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
+# "localhost" only silences kombu's "No hostname was supplied" warning; the files stay local either way.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://localhost/")
 CELERY_BROKER_DIR = VAR_DIR / "celery-broker"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # Kombu's filesystem transport: a broker that needs no server, for `make run`.
@@ -151,3 +157,60 @@ QUEUE_TIMEOUT_S = env.float("QUEUE_TIMEOUT_S", default=120.0)
 MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=8192)  # hard cap on any request's max_tokens
 AUTH_CACHE_TTL_S = env.float("AUTH_CACHE_TTL_S", default=5.0)  # revocation takes effect within this
 WS_MAX_BACKLOG = env.int("WS_MAX_BACKLOG", default=2000)  # undelivered events before a slow reader is cut off
+
+# Management REST API (models_app/api, Django REST framework) at /api/v1
+REST_FRAMEWORK = {
+    # Bearer first: its challenge header is what makes a missing token a 401, not a 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "models_app.api.authentication.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # browsable API; enforces CSRF
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],  # viewsets add scopes
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.SearchFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "models_app.api.pagination.RegistryPagination",
+    "DEFAULT_THROTTLE_CLASSES": ["models_app.api.throttling.TokenRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"management": "600/min"},  # per token; the cache is per process
+    "EXCEPTION_HANDLER": "models_app.api.errors.render_error",
+    "DEFAULT_SCHEMA_CLASS": "models_app.api.schema.ManagementAutoSchema",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "karen-host management API",
+    "DESCRIPTION": "Models, configs, tokens and usage. Authenticate with `Authorization: Bearer khk_...`.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,  # read-only fields stay out of request bodies
+    "ENUM_NAME_OVERRIDES": {
+        "ModelStatusEnum": "models_app.choices.ModelStatus",
+        "UsageStatusEnum": "models_app.choices.UsageStatus",
+        "ScopeEnum": "models_app.choices.Scope",
+        "KVCacheTypeEnum": "models_app.choices.KVCacheType",
+    },
+}
+
+# Background work (models_app/tasks.py): results and schedules live in the database,
+# so the admin shows each task's last result and edits the schedules.
+INSTALLED_APPS += ["django_celery_results", "django_celery_beat"]
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True  # task name and arguments on each result row, for the admin
+CELERY_TASK_TRACK_STARTED = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", default=2)
+# Threads: the tasks wait on HTTP or on the probe's child process, and a threaded worker
+# stops with a warm shutdown when `make run` is stopped, where prefork children are
+# killed mid-task by the signal sent to the whole process group.
+CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# The worker reaches the serving process over its own authenticated API, as it would
+# from another machine, with the secret `manage.py serve` writes to SERVICE_TOKEN_FILE.
+SERVER_URL = env.str("SERVER_URL", default=f"http://127.0.0.1:{PORT}").rstrip("/")
+SERVER_TIMEOUT_S = env.float("SERVER_TIMEOUT_S", default=300.0)  # covers loading a large model
+SERVICE_TOKEN_FILE = Path(env.str("SERVICE_TOKEN_FILE", default=str(VAR_DIR / "service_token")))

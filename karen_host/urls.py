@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from inference.api.apis import native_api, v1_api
 
@@ -9,5 +9,6 @@ admin.site.site_title = "karen-host admin"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", v1_api.urls),
+    path("api/", include("models_app.api.urls")),
     path("", native_api.urls),
 ]

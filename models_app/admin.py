@@ -1,15 +1,25 @@
 """The Django admin for the registry, configs, tokens and usage."""
 
+from celery import Task
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
+from django.utils.html import format_html
 
 from models_app.choices import Scope
-from models_app.models import APIToken, LLMModel, ModelConfig, UsageRecord
-from models_app.scanning import rescan_model
+from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
 from models_app.services import revoke_token
+from models_app.tasks import BrokerUnavailable, enqueue
+from models_app.tasks import preload_models as preload_models_task
+from models_app.tasks import rescan_model as rescan_model_task
+from models_app.tasks import run_self_test as run_self_test_task
+from models_app.tasks import scan_models as scan_models_task
+
+SELF_TEST_HISTORY = 20  # rows of history on a model's page; the full list is one link away
 
 
 class ModelConfigInline(admin.StackedInline):
@@ -32,6 +42,23 @@ class ModelConfigInline(admin.StackedInline):
     )
 
 
+class SelfTestResultInline(admin.TabularInline):
+    model = SelfTestResult
+    verbose_name_plural = f"self-test history (latest {SELF_TEST_HISTORY})"
+    fields = ("created_at", "passed", "tokens_per_s", "time_to_first_token_ms", "completion_tokens", "reason",
+              "output_excerpt")  # fmt: skip
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: LLMModel | None = None) -> bool:
+        return False  # measured by the self-test task, never typed in
+
+    def has_change_permission(self, request: HttpRequest, obj: LLMModel | None = None) -> bool:
+        return False
+
+
 def _apply_changed_preset(config: ModelConfig, changed: list[str]) -> None:
     # A newly chosen preset writes its tunables; otherwise the fields as edited stand.
     if "optimize_for" in changed:
@@ -47,9 +74,9 @@ class LLMModelAdmin(admin.ModelAdmin):
     readonly_fields = ("id", "file_path", "source_path", "file_size", "file_mtime", "sha256", "architecture",
                        "parameter_count", "quantization", "context_length", "embedding_length", "block_count",
                        "tokenizer_model", "chat_template", "gguf_metadata", "status", "status_reason",
-                       "scanned_at", "created_at", "updated_at")  # fmt: skip
+                       "scanned_at", "created_at", "updated_at", "latest_self_test")  # fmt: skip
     fieldsets = (
-        (None, {"fields": ("id", "name", "enabled", "preload", "status", "status_reason")}),
+        (None, {"fields": ("id", "name", "enabled", "preload", "status", "status_reason", "latest_self_test")}),
         ("File", {"fields": ("file_path", "source_path", "file_size", "file_mtime", "sha256", "scanned_at")}),
         (
             "GGUF metadata",
@@ -69,8 +96,8 @@ class LLMModelAdmin(admin.ModelAdmin):
         ),
         ("Timestamps", {"fields": ("created_at", "updated_at")}),
     )
-    inlines = (ModelConfigInline,)
-    actions = ("enable", "disable", "rescan")
+    inlines = (ModelConfigInline, SelfTestResultInline)
+    actions = ("enable", "disable", "queue_scan", "rescan", "queue_preload", "queue_self_test")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # models come from scanning MODELS_DIR, never from a typed path
@@ -82,6 +109,46 @@ class LLMModelAdmin(admin.ModelAdmin):
     @admin.display(description="size", ordering="file_size")
     def size(self, obj: LLMModel) -> str:
         return filesizeformat(obj.file_size)
+
+    @admin.display(description="latest self-test")
+    def latest_self_test(self, obj: LLMModel) -> str:
+        latest = obj.self_tests.first()
+        if latest is None:
+            return 'never run; use the action "Self-test selected models"'
+        history = reverse("admin:models_app_selftestresult_changelist") + f"?model__id__exact={obj.pk}"
+        verdict = f"passed, {latest.tokens_per_s or 0:.1f} tokens/s" if latest.passed else f"FAILED: {latest.reason}"
+        when = f"{latest.created_at:%Y-%m-%d %H:%M} UTC"  # format_html escapes args to str before formatting
+        return format_html('{} at {} (<a href="{}">all results</a>)', verdict, when, history)
+
+    def get_formset_kwargs(self, request, obj, inline, prefix) -> dict:  # noqa: ANN001 - Django's signature
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, SelfTestResultInline) and obj is not None:
+            # A daily test fills a year with 365 rows; the page shows the latest few. The
+            # formset filters by model afterwards, which a sliced queryset would refuse.
+            latest = list(obj.self_tests.values_list("pk", flat=True)[:SELF_TEST_HISTORY])
+            kwargs["queryset"] = kwargs["queryset"].filter(pk__in=latest)
+        return kwargs
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        # A scan looks at MODELS_DIR, not at rows: let its action run with nothing selected
+        # (Django refuses an action without a selection, so select any one row for it).
+        if request.POST.get("action") == "queue_scan" and not request.POST.getlist(ACTION_CHECKBOX_NAME):
+            post = request.POST.copy()
+            post.setlist(ACTION_CHECKBOX_NAME, list(self.get_queryset(request).values_list("pk", flat=True)[:1]))
+            request.POST = post
+        return super().changelist_view(request, extra_context)
+
+    def _enqueue_each(self, request: HttpRequest, what: str, task: Task, args_list: list[tuple]) -> None:
+        """Queue one task per argument tuple and name their ids; an error message, never a 500, without a broker."""
+        try:
+            task_ids = [enqueue(task, *args) for args in args_list]
+        except BrokerUnavailable as exc:
+            self.message_user(request, f"Could not queue the {what}: {exc}. Start the broker (Redis at "
+                              "CELERY_BROKER_URL) or unset CELERY_BROKER_URL and REDIS_URL to use the "
+                              "embedded one, then try again.", messages.ERROR)  # fmt: skip
+            return
+        self.message_user(request, f"Queued {len(task_ids)} {what} (task ids: {', '.join(task_ids)}); "
+                          "see Celery results for the outcome.")  # fmt: skip
 
     def save_formset(self, request, form, formset, change) -> None:  # noqa: ANN001 - Django's signature
         for inline_form in formset.forms:
@@ -97,11 +164,25 @@ class LLMModelAdmin(admin.ModelAdmin):
     def disable(self, request: HttpRequest, queryset: QuerySet[LLMModel]) -> None:
         self.message_user(request, f"Disabled {queryset.update(enabled=False)} model(s).")
 
-    @admin.action(description="Rescan selected (hash + probe again)")
+    @admin.action(description="Scan MODELS_DIR now (new, changed and vanished files)")
+    def queue_scan(self, request: HttpRequest, queryset: QuerySet[LLMModel]) -> None:
+        self._enqueue_each(request, "scan", scan_models_task, [()])
+
+    @admin.action(description="Rescan selected in the background (hash + probe again)")
     def rescan(self, request: HttpRequest, queryset: QuerySet[LLMModel]) -> None:
-        results = [rescan_model(model) for model in queryset]
-        summary = ", ".join(f"{m.id}: {m.status}" for m in results)
-        self.message_user(request, f"Rescanned {len(results)} model(s): {summary}")
+        self._enqueue_each(
+            request, "rescan(s)", rescan_model_task, [(pk,) for pk in queryset.values_list("pk", flat=True)]
+        )
+
+    @admin.action(description="Load selected models on the server now")
+    def queue_preload(self, request: HttpRequest, queryset: QuerySet[LLMModel]) -> None:
+        self._enqueue_each(request, "preload", preload_models_task, [(list(queryset.values_list("pk", flat=True)),)])
+
+    @admin.action(description="Self-test selected models in the background")
+    def queue_self_test(self, request: HttpRequest, queryset: QuerySet[LLMModel]) -> None:
+        self._enqueue_each(
+            request, "self-test(s)", run_self_test_task, [(pk,) for pk in queryset.values_list("pk", flat=True)]
+        )
 
 
 @admin.register(ModelConfig)
@@ -177,4 +258,21 @@ class UsageRecordAdmin(admin.ModelAdmin):
         return False  # usage is measured, never typed in
 
     def has_change_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
+        return False
+
+
+@admin.register(SelfTestResult)
+class SelfTestResultAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "model", "passed", "tokens_per_s", "time_to_first_token_ms", "completion_tokens",
+                    "reason")  # fmt: skip
+    list_filter = ("passed", "model", "created_at")
+    search_fields = ("model__id", "reason", "task_id")
+    date_hierarchy = "created_at"
+    list_select_related = ("model",)
+    readonly_fields = [f.name for f in SelfTestResult._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # measured by the self-test task, never typed in
+
+    def has_change_permission(self, request: HttpRequest, obj: SelfTestResult | None = None) -> bool:
         return False

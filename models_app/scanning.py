@@ -1,6 +1,7 @@
 """Walk a models directory and bring the registry in line with the GGUF files in it."""
 
 import errno
+import fcntl
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -195,3 +196,18 @@ def rescan_model(model: LLMModel, *, progress: ProgressFactory | None = None) ->
     model.scanned_at = timezone.now()
     model.save()
     return model
+
+
+def scan_models_exclusively(directory: Path | None = None) -> ScanReport | None:
+    """`scan_models`, unless another scan on this machine still runs; then None.
+
+    Hashing a new multi-GB file can outlast the 5-minute schedule, and two scans adding
+    the same new file would collide on its unique path.
+    """
+    lock_path = Path(settings.VAR_DIR) / "scan.lock"
+    with lock_path.open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        return scan_models(directory)  # the lock goes with the file when it closes

@@ -1,7 +1,14 @@
 """Selectors: the reads other rooms make of the registry and tokens."""
 
+from collections.abc import Collection
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Avg, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce, TruncDate
+
 from models_app.choices import ModelStatus
-from models_app.models import APIToken, LLMModel
+from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
 from models_app.models.tokens import LOOKUP_LENGTH, TOKEN_PREFIX
 
 
@@ -50,3 +57,98 @@ def resolve_model(model_id: str) -> LLMModel:
 def servable_models() -> list[LLMModel]:
     """Enabled, available models, in id order."""
     return list(LLMModel.objects.filter(enabled=True, status=ModelStatus.AVAILABLE).order_by("pk"))
+
+
+# -- Reads the management REST API (models_app/api) makes ----------------------------
+
+USAGE_GROUPS = ("token", "model", "day")
+USAGE_SUMMARY_COLUMNS = (
+    "key",
+    "label",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "mean_ttft_ms",
+    "tokens_per_s",
+)
+
+
+def visible_models(*, only: Collection[str] = ()) -> QuerySet[LLMModel]:
+    """Every registered model, or just the ids in `only` (a token limited to some models)."""
+    models = LLMModel.objects.all()
+    return models.filter(pk__in=only) if only else models
+
+
+def visible_tokens(*, owner: AbstractBaseUser, all_owners: bool) -> QuerySet[APIToken]:
+    """Tokens `owner` may see and manage: their own, or everyone's for an admin."""
+    tokens = APIToken.objects.select_related("owner").prefetch_related("allowed_models")
+    return tokens if all_owners else tokens.filter(owner=owner)
+
+
+def visible_usage(*, owner: AbstractBaseUser, all_owners: bool) -> QuerySet[UsageRecord]:
+    """Usage rows `owner` may see: those of their own tokens, or all of them for an admin."""
+    records = UsageRecord.objects.all()
+    return records if all_owners else records.filter(token__owner=owner)
+
+
+def summarize_usage(*, records: QuerySet[UsageRecord], group_by: str) -> list[dict[str, Any]]:
+    """Per token, model or UTC day: requests, tokens, mean time to first token and decode tokens/s.
+
+    tokens/s is the group's completion tokens over its decode time (duration minus time
+    to first token), summed over the rows that have both timings: a throughput, not a
+    mean of per-request rates, so one tiny request cannot skew it.
+    """
+    if group_by not in USAGE_GROUPS:
+        raise ValueError(f"group_by must be one of {', '.join(USAGE_GROUPS)}")
+    key, label = {
+        "token": (F("token_id"), F("token__name")),
+        "model": (F("model_id"), F("model__name")),
+        "day": (TruncDate("created_at"), Value("")),
+    }[group_by]
+    timed = Q(duration_ms__isnull=False, time_to_first_token_ms__isnull=False)
+    groups = (
+        records.order_by()  # the model's default ordering would split the groups
+        .annotate(group_key=key, group_label=label)
+        .values("group_key", "group_label")
+        # Aliases differ from the field names: Django refuses an aggregate named like a field.
+        .annotate(
+            n_requests=Count("pk"),
+            n_prompt=Coalesce(Sum("prompt_tokens"), 0),
+            n_completion=Coalesce(Sum("completion_tokens"), 0),
+            mean_ttft=Avg("time_to_first_token_ms"),
+            n_timed_completion=Coalesce(Sum("completion_tokens", filter=timed), 0),
+            decode_ms=Sum(F("duration_ms") - F("time_to_first_token_ms"), filter=timed),
+        )
+        .order_by("group_key")
+    )
+    rows = []
+    for group in groups:
+        key_value = group["group_key"].isoformat() if group_by == "day" else group["group_key"]
+        decode_ms = group["decode_ms"] or 0.0
+        rows.append(
+            {
+                "key": key_value,
+                "label": key_value if group_by == "day" else group["group_label"] or "",
+                "requests": group["n_requests"],
+                "prompt_tokens": group["n_prompt"],
+                "completion_tokens": group["n_completion"],
+                "total_tokens": group["n_prompt"] + group["n_completion"],
+                "mean_ttft_ms": None if group["mean_ttft"] is None else round(group["mean_ttft"], 2),
+                "tokens_per_s": round(group["n_timed_completion"] / (decode_ms / 1000), 2) if decode_ms > 0 else None,
+            }
+        )
+    return rows
+
+
+def visible_configs(*, only: Collection[str] = ()) -> QuerySet[ModelConfig]:
+    """Every model's config, or just those of the model ids in `only`."""
+    configs = ModelConfig.objects.select_related("model")
+    return configs.filter(model_id__in=only) if only else configs
+
+
+def latest_self_tests() -> list[SelfTestResult]:
+    """Each enabled model's most recent self-test result, in model id order (untested models absent)."""
+    newest = SelfTestResult.objects.filter(model=OuterRef("pk")).order_by("-created_at", "-pk").values("pk")[:1]
+    ids = LLMModel.objects.filter(enabled=True).annotate(newest=Subquery(newest)).values_list("newest", flat=True)
+    return list(SelfTestResult.objects.filter(pk__in=[pk for pk in ids if pk]).order_by("model_id"))

@@ -1,14 +1,19 @@
 """Services: every write to the registry, tokens and usage goes through here."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
+from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import models, transaction
 from django.utils import timezone
 
 from models_app.choices import ModelStatus, Scope, UsageStatus
-from models_app.models import APIToken, LLMModel, UsageRecord
+from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
+from models_app.scanning import rescan_model
+from models_app.selectors import find_token
+from models_app.server_api import MissingServiceToken, read_service_token, write_service_token
 
 
 class TokenError(ValueError):
@@ -136,3 +141,147 @@ def touch_token(*, token_id: int, every_s: int = 60) -> None:
     APIToken.objects.filter(pk=token_id).filter(
         models.Q(last_used_at__isnull=True) | models.Q(last_used_at__lt=cutoff)
     ).update(last_used_at=timezone.now())
+
+
+# -- Writes the management REST API (models_app/api) makes ---------------------------
+
+MODEL_EDITABLE_FIELDS = frozenset({"name", "enabled", "preload"})
+
+
+def update_model(*, model: LLMModel, changes: Mapping[str, Any]) -> LLMModel:
+    """Change a model's display name, `enabled` or `preload`; everything else is measured by the scan."""
+    if unknown := set(changes) - MODEL_EDITABLE_FIELDS:
+        raise ValueError(f"not editable: {', '.join(sorted(unknown))}")
+    for name, value in changes.items():
+        setattr(model, name, value)
+    if changes:
+        model.save(update_fields=[*changes, "updated_at"])
+    return model
+
+
+def rescan_model_now(*, model: LLMModel) -> LLMModel:
+    """Hash and probe the model's file again in this process, blocking until both finish.
+
+    Until a Celery scan task exists the API calls this inline: the request lasts as long
+    as hashing the file plus the probe load (MODEL_PROBE_TIMEOUT_S at most).
+    """
+    return rescan_model(model)
+
+
+def apply_config_changes(*, config: ModelConfig, changes: Mapping[str, Any]) -> set[str]:
+    """Write `changes` into `config` without saving; return the names of the fields whose value changed.
+
+    A given `optimize_for` writes its preset first, even when it is the current one, so
+    sending a preset resets the tunables to it, and explicit fields in the same change
+    win over the preset.
+    """
+    before = {field.attname: getattr(config, field.attname) for field in config._meta.concrete_fields}
+    if "optimize_for" in changes:
+        config.apply_preset(changes["optimize_for"])
+    for name, value in changes.items():
+        if name != "optimize_for":
+            setattr(config, name, value)
+    return {name for name, value in before.items() if getattr(config, name) != value and name != "updated_at"}
+
+
+def update_config(*, config: ModelConfig, changes: Mapping[str, Any]) -> set[str]:
+    """Apply `changes` to a model's config and save it; return the changed fields.
+
+    llama.cpp tunables and the system prompt take effect on the model's next load;
+    sampling defaults on its next request.
+    """
+    changed = apply_config_changes(config=config, changes=changes)
+    if changed:
+        config.save()
+    return changed
+
+
+def update_token(*, token: APIToken, changes: Mapping[str, Any]) -> APIToken:
+    """Change a token's name, scopes, models, limits or expiry; TokenError saying what to fix.
+
+    The same checks as `issue_token`; requests already authenticated keep the old
+    values for up to AUTH_CACHE_TTL_S on /v1.
+    """
+    if token.revoked:
+        raise TokenError("this token is revoked and cannot change; issue a new one")
+    fields = dict(changes)
+    model_ids = sorted(set(fields.pop("models"))) if "models" in fields else None
+    if "scopes" in fields:
+        fields["scopes"] = sorted(set(fields["scopes"]))
+        if unknown := set(fields["scopes"]) - set(Scope.values):
+            raise TokenError(f"unknown scope(s) {', '.join(sorted(unknown))}; choose from {', '.join(Scope.values)}")
+        if not fields["scopes"]:
+            raise TokenError(f"a token needs at least one scope; choose from {', '.join(Scope.values)}")
+    if model_ids:
+        found = set(LLMModel.objects.filter(pk__in=model_ids).values_list("pk", flat=True))
+        if missing := set(model_ids) - found:
+            raise TokenError(f"unknown model(s) {', '.join(sorted(missing))}; see `manage.py scan_models`")
+    if fields.get("expires_at") is not None and fields["expires_at"] <= timezone.now():
+        raise TokenError("expires_at is in the past")
+    for name, value in fields.items():
+        setattr(token, name, value)
+    with transaction.atomic():
+        if fields:
+            token.save(update_fields=list(fields))
+        if model_ids is not None:
+            token.allowed_models.set(model_ids)
+    return token
+
+
+# -- Background work (models_app/tasks.py) ---------------------------------------------
+
+SERVICE_USERNAME = "karen-host-worker"
+SERVICE_TOKEN_NAME = "background worker"
+# Preloading needs models:manage (POST /models/load), self-tests need inference; nothing else.
+SERVICE_SCOPES = (Scope.MODELS_MANAGE, Scope.INFERENCE)
+
+
+def ensure_service_token() -> bool:
+    """Make SERVICE_TOKEN_FILE hold the secret of an active service token; True if a new one was issued.
+
+    The secret exists only in that 0600 file (the database keeps its hash, as for every
+    token); issuing a new one revokes the previous service tokens, so one stays live.
+    """
+    from django.contrib.auth import get_user_model
+
+    try:
+        current = find_token(read_service_token())
+    except (MissingServiceToken, OSError):  # none yet, or unreadable: issue a fresh one below
+        current = None
+    if current is not None and current.is_active and current.name == SERVICE_TOKEN_NAME:
+        return False
+    User = get_user_model()
+    user, created = User.objects.get_or_create(username=SERVICE_USERNAME)
+    if created:
+        user.set_unusable_password()  # a token owner only; nobody signs in as it
+        user.save(update_fields=["password"])
+    with transaction.atomic():
+        for old in APIToken.objects.filter(owner=user, name=SERVICE_TOKEN_NAME, revoked=False):
+            revoke_token(token=old)
+        _, secret = issue_token(name=SERVICE_TOKEN_NAME, owner=user, scopes=SERVICE_SCOPES)
+        write_service_token(secret, settings.SERVICE_TOKEN_FILE)
+    return True
+
+
+def record_self_test(
+    *,
+    model_id: str,
+    passed: bool,
+    reason: str = "",
+    time_to_first_token_ms: float | None = None,
+    tokens_per_s: float | None = None,
+    completion_tokens: int = 0,
+    output: str = "",
+    task_id: str = "",
+) -> SelfTestResult:
+    """Store one self-test's outcome for the model's admin page and /health/selftest."""
+    return SelfTestResult.objects.create(
+        model_id=model_id,
+        passed=passed,
+        reason=reason[:2000],
+        time_to_first_token_ms=time_to_first_token_ms,
+        tokens_per_s=tokens_per_s,
+        completion_tokens=completion_tokens,
+        output_excerpt=output.strip()[:200],
+        task_id=task_id or "",
+    )

@@ -66,3 +66,37 @@ def other_user(db, django_user_model):
 def api_token(admin_user):
     """(token, secret) with inference and model-reading scopes."""
     return issue_token(name="tests", owner=admin_user, scopes=["inference", "models:read"])
+
+
+def point_celery_at(url: str, *, transport_options: dict | None = None, queue: str = "celery") -> None:
+    """Make this process publish tasks to `url`, on `queue`, from the next `enqueue` on."""
+    from karen_host.celery import app
+
+    app.conf.update(broker_url=url, broker_transport_options=transport_options or {}, task_default_queue=queue)
+    if app._pool is not None:  # connections and routes are cached on first use; drop them
+        app._pool.force_close_all()
+    app._pool = None
+    app.__dict__.pop("amqp", None)
+
+
+def filesystem_broker_options(root: Path) -> dict:
+    """Kombu filesystem transport folders under `root`, laid out as settings.py lays out var/."""
+    folder_in, processed = root / "celery-broker" / "in", root / "celery-broker" / "processed"
+    folder_in.mkdir(parents=True, exist_ok=True)
+    processed.mkdir(parents=True, exist_ok=True)
+    return {"data_folder_in": str(folder_in), "data_folder_out": str(folder_in),
+            "processed_folder": str(processed), "store_processed": False}  # fmt: skip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _celery_broker_in_tmp(tmp_path_factory):
+    """Tasks a test queues land in a temporary embedded broker, never in the developer's var/."""
+    point_celery_at(
+        "filesystem://localhost/", transport_options=filesystem_broker_options(tmp_path_factory.mktemp("var"))
+    )
+
+
+@pytest.fixture(autouse=True)
+def _service_token_in_tmp(settings, tmp_path):
+    """`manage.py serve` and the tasks keep the service token here, not in the developer's var/."""
+    settings.SERVICE_TOKEN_FILE = tmp_path / "service_token"

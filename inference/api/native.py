@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from ninja import Router
+from ninja import Router, Status
 
 import karen_host
 from inference.api import flow
@@ -20,7 +20,7 @@ from inference.api.schemas import LoadRequest, NativeInferenceRequest, parse_kee
 from inference.auth import BearerAuth
 from inference.engine import Token, get_engine
 from inference.metering import counters
-from models_app.selectors import resolve_model, servable_models
+from models_app.selectors import latest_self_tests, resolve_model, servable_models
 
 router = Router(tags=["Native (KAREN)"])
 _STARTED = time.time()
@@ -184,3 +184,11 @@ async def karen_config(request: HttpRequest) -> dict[str, Any]:
             "inference": request.build_absolute_uri("/inference"),
         },
     }
+
+
+@router.get("/health/selftest", response={200: dict, 503: dict})
+def health_selftest(request: HttpRequest) -> Status[dict[str, Any]]:
+    """Each enabled model's latest self-test; 503 if any failed, so a monitor can alert (open, like /health)."""
+    results = latest_self_tests()
+    status = "unknown" if not results else "pass" if all(r.passed for r in results) else "fail"
+    return Status(503 if status == "fail" else 200, {"status": status, "models": [r.to_dict() for r in results]})

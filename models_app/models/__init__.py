@@ -1,5 +1,12 @@
 from models_app.models.registry import LLMModel, ModelConfig
+from models_app.models.self_tests import SelfTestResult
 from models_app.models.tokens import APIToken
 from models_app.models.usage import UsageRecord
 
-__all__ = ["APIToken", "LLMModel", "ModelConfig", "UsageRecord"]
+__all__ = [
+    "APIToken",
+    "LLMModel",
+    "ModelConfig",
+    "SelfTestResult",
+    "UsageRecord",
+]

@@ -89,10 +89,10 @@ def test_choosing_a_preset_in_admin_applies_it(admin_client, small_model):
     assert (small_model.config.cache_type_k, small_model.config.n_batch) == ("q8_0", 256)
 
 
-def test_rescan_action_reprobes(admin_client, small_model):
+def test_rescan_action_queues_a_task_instead_of_probing_in_the_request(admin_client, small_model, transactional_db):
     response = admin_client.post(
         reverse("admin:models_app_llmmodel_changelist"),
         {"action": "rescan", "_selected_action": [small_model.pk]},
         follow=True,
     )
-    assert "smollm2: available" in response.content.decode()
+    assert re.search(r"Queued 1 rescan\(s\) \(task ids: [0-9a-f-]{36}\)", response.content.decode())

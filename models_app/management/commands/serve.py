@@ -1,4 +1,7 @@
 import logging
+import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -8,11 +11,18 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from models_app.bundled import link_bundled_model
 from models_app.scanning import scan_models
-from models_app.services import bootstrap_first_run, close_interrupted_usage
+from models_app.schedules import ensure_default_schedules
+from models_app.services import bootstrap_first_run, close_interrupted_usage, ensure_service_token
+from models_app.tasks import BrokerUnavailable, enqueue
+from models_app.tasks import preload_models as preload_models_task
+from models_app.tasks import scan_models as scan_models_task
 
 
 class Command(BaseCommand):
-    help = "Prepare everything (migrate, bundled model, scan, first admin + token) and serve with daphne."
+    help = (
+        "Prepare everything (migrate, bundled model, scan, first admin + token, service token, schedules), "
+        "then run the web server, a Celery worker and beat together; Ctrl-C stops all three."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=settings.HOST)
@@ -20,6 +30,11 @@ class Command(BaseCommand):
         parser.add_argument("--models-dir", default=str(settings.MODELS_DIR))
         parser.add_argument("--log-level", default=settings.LOG_LEVEL, help="DEBUG, INFO, WARNING, ERROR")
         parser.add_argument("--no-serve", action="store_true", help="Prepare only; do not start the server")
+        parser.add_argument(
+            "--web-only",
+            action="store_true",
+            help="Serve HTTP only, in this process; run `celery -A karen_host worker` and `... beat` elsewhere",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         logging.getLogger().setLevel(options["log_level"].upper())
@@ -45,7 +60,15 @@ class Command(BaseCommand):
                     "  (lost them? `manage.py changepassword admin`, `manage.py create_token NAME`)\n"
                 )
             )
+        if ensure_service_token():
+            self.stdout.write(f"Issued the worker's service token; its secret is in {settings.SERVICE_TOKEN_FILE}.")
+        if schedules := ensure_default_schedules():
+            self.stdout.write(f"Created the default schedules: {', '.join(schedules)} (edit them in the admin).")
         if options["no_serve"]:
+            return
+        self._queue_startup_work()
+        if not options["web_only"]:
+            self._run_with_worker_and_beat(options)
             return
         from daphne.cli import CommandLineInterface
 
@@ -58,3 +81,44 @@ class Command(BaseCommand):
                 "karen_host.asgi:application",
             ]
         )  # fmt: skip
+
+    def _queue_startup_work(self) -> None:
+        # The scan above ran before the worker existed; this one also catches files added
+        # while the server starts, and shows in the log that the worker is consuming.
+        try:
+            scan_id, preload_id = enqueue(scan_models_task), enqueue(preload_models_task)
+        except BrokerUnavailable as exc:
+            self.stderr.write(self.style.WARNING(f"Background work not queued: {exc}"))
+            return
+        self.stdout.write(f"Queued a scan ({scan_id}) and the preload of `preload` models ({preload_id}).")
+
+    def _run_with_worker_and_beat(self, options: dict[str, Any]) -> None:
+        """Run daphne, a Celery worker and beat as children with prefixed logs; stop all when one stops."""
+        import honcho.manager
+        from honcho.printer import Printer
+
+        host, port, level = options["host"], options["port"], options["log_level"].upper()
+        env = {**os.environ, "MODELS_DIR": str(settings.MODELS_DIR), "LOG_LEVEL": level}
+        default_url = f"http://127.0.0.1:{settings.PORT}"
+        if default_url == settings.SERVER_URL:  # not set: follow --host and --port
+            reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            env["SERVER_URL"] = f"http://[{reachable}]:{port}" if ":" in reachable else f"http://{reachable}:{port}"
+        python = sys.executable
+        commands = {
+            "web": [python, "-m", "daphne", "--bind", host, "--port", str(port),
+                    "--verbosity", "1" if level in ("DEBUG", "INFO") else "0", "karen_host.asgi:application"],
+            "worker": [python, "-m", "celery", "-A", "karen_host", "worker", "--loglevel", level],
+            "beat": [python, "-m", "celery", "-A", "karen_host", "beat", "--loglevel", level],
+        }  # fmt: skip
+        self.stdout.write(f"Serving on http://{host}:{port}/ with a worker and beat (Ctrl-C stops all three)")
+        self.stdout.flush()
+        # honcho kills what is still running 5 s after Ctrl-C; a warm worker shutdown lets the
+        # running task finish, and a self-test of a large model takes longer than that.
+        honcho.manager.KILL_WAIT = 15
+        manager = honcho.manager.Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
+        for name, argv in commands.items():
+            # exec: the signal honcho sends on Ctrl-C reaches the program, not an idle shell.
+            manager.add_process(name, "exec " + shlex.join(argv), env=env, cwd=str(settings.BASE_DIR))
+        manager.loop()
+        if manager.returncode:
+            sys.exit(manager.returncode)

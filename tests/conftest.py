@@ -84,8 +84,10 @@ def filesystem_broker_options(root: Path) -> dict:
     folder_in, processed = root / "celery-broker" / "in", root / "celery-broker" / "processed"
     folder_in.mkdir(parents=True, exist_ok=True)
     processed.mkdir(parents=True, exist_ok=True)
+    (root / "celery-broker" / "control").mkdir(parents=True, exist_ok=True)
     return {"data_folder_in": str(folder_in), "data_folder_out": str(folder_in),
-            "processed_folder": str(processed), "store_processed": False}  # fmt: skip
+            "processed_folder": str(processed), "store_processed": False,
+            "control_folder": str(root / "celery-broker" / "control")}  # fmt: skip
 
 
 @pytest.fixture(scope="session", autouse=True)

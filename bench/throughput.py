@@ -13,6 +13,7 @@ Prints a table and writes bench/results/throughput.json. Usage:
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -97,7 +98,9 @@ class Server:
             env=self.env, check=True, capture_output=True,
         )  # fmt: skip
         self.secret = out.stdout.decode().strip().splitlines()[-1]
-        self.proc = subprocess.Popen([*manage, "serve", "--port", str(self.port)], env=self.env,
+        # --web-only: the Celery worker and beat would compete with the model for the cores.
+        self.proc = subprocess.Popen([*manage, "serve", "--web-only", "--port", str(self.port)], env=self.env,
+                                     start_new_session=True,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 60
@@ -162,8 +165,11 @@ class Server:
         return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
+        os.killpg(self.proc.pid, signal.SIGTERM)  # the server and anything it started
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def main() -> None:

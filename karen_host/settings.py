@@ -156,6 +156,7 @@ DEFAULT_KEEP_ALIVE_S = env.float("DEFAULT_KEEP_ALIVE_S", default=300.0)  # negat
 DEFAULT_KEEP_ALIVE_S = None if DEFAULT_KEEP_ALIVE_S < 0 else DEFAULT_KEEP_ALIVE_S
 MAX_QUEUE = env.int("MAX_QUEUE", default=64)
 QUEUE_TIMEOUT_S = env.float("QUEUE_TIMEOUT_S", default=120.0)
+USAGE_STALE_AFTER_S = env.float("USAGE_STALE_AFTER_S", default=6 * 3600)  # a started row older is from a crash
 MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=8192)  # hard cap on any request's max_tokens
 AUTH_CACHE_TTL_S = env.float("AUTH_CACHE_TTL_S", default=5.0)  # revocation takes effect within this
 WS_MAX_BACKLOG = env.int("WS_MAX_BACKLOG", default=2000)  # undelivered events before a slow reader is cut off

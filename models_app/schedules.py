@@ -7,6 +7,7 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 
 SCAN_SCHEDULE = "scan MODELS_DIR"
 SELF_TEST_SCHEDULE = "self-test enabled models"
+STALE_USAGE_SCHEDULE = "close stale usage rows"
 
 
 def _first_or_create(model: type[models.Model], **fields: Any) -> models.Model:
@@ -42,4 +43,13 @@ def ensure_default_schedules() -> list[str]:
             description="A short fixed prompt through /v1/chat/completions for every enabled model, daily.",
         )
         created.append(SELF_TEST_SCHEDULE)
+    if not PeriodicTask.objects.filter(name=STALE_USAGE_SCHEDULE).exists():
+        PeriodicTask.objects.create(
+            name=STALE_USAGE_SCHEDULE,
+            task="models_app.tasks.close_stale_usage",
+            interval=_first_or_create(IntervalSchedule, every=10, period=IntervalSchedule.MINUTES),
+            expire_seconds=9 * 60,
+            description="Close usage rows a crashed web node left `started` (older than USAGE_STALE_AFTER_S).",
+        )
+        created.append(STALE_USAGE_SCHEDULE)
     return created

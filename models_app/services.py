@@ -128,9 +128,17 @@ def finalize_usage(
     return updated == 1
 
 
-def close_interrupted_usage() -> int:
-    """Close rows a crash left `started` (run at startup, when no request is in flight)."""
-    return UsageRecord.objects.filter(status=UsageStatus.STARTED).update(
+def close_interrupted_usage(*, older_than_s: float | None = None) -> int:
+    """Close rows a crash left `started`; return how many.
+
+    At startup (`older_than_s` None) every started row is closed: nothing is in flight yet.
+    Periodically, only rows older than any request can run, so that live requests on
+    this or another web node are never touched.
+    """
+    rows = UsageRecord.objects.filter(status=UsageStatus.STARTED)
+    if older_than_s is not None:
+        rows = rows.filter(created_at__lt=timezone.now() - timedelta(seconds=older_than_s))
+    return rows.update(
         status=UsageStatus.INTERRUPTED, finished_at=timezone.now(), error_message="server stopped mid-request"
     )
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.utils import uuid
+from django.conf import settings
 from django.db import transaction
 from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
@@ -18,6 +19,7 @@ from models_app.models import LLMModel
 from models_app.scanning import rescan_model as rescan_model_file
 from models_app.scanning import scan_models_exclusively
 from models_app.server_api import ServerUnreachable
+from models_app.services import close_interrupted_usage
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,12 @@ def scan_models() -> dict[str, Any]:
         "invalid": report.invalid,
         "messages": report.messages,
     }
+
+
+@shared_task
+def close_stale_usage() -> dict[str, int]:
+    """Close usage rows left `started` longer than any request can run (a crashed web node)."""
+    return {"closed": close_interrupted_usage(older_than_s=settings.USAGE_STALE_AFTER_S)}
 
 
 @shared_task

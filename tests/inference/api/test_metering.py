@@ -111,3 +111,15 @@ def test_reconciler_closes_rows_left_started(small_model):
     assert close_interrupted_usage() == 1
     assert UsageRecord.objects.get().status == "interrupted"
     assert close_interrupted_usage() == 0
+
+
+def test_periodic_reconciler_closes_only_rows_older_than_any_request(small_model):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    for request_id in ("old", "live"):
+        start_usage(request_id=request_id, token_id=None, model_id=small_model.id, endpoint="x", client_address=None)
+    UsageRecord.objects.filter(request_id="old").update(created_at=timezone.now() - timedelta(hours=7))
+    assert close_interrupted_usage(older_than_s=6 * 3600) == 1
+    assert dict(UsageRecord.objects.values_list("request_id", "status")) == {"old": "interrupted", "live": "started"}

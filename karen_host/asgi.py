@@ -7,8 +7,9 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "karen_host.settings")
 django_asgi_app = get_asgi_application()  # before anything imports models
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from inference.node import InferenceNodeConsumer  # noqa: E402
 from inference.origins import WebsocketOriginValidator  # noqa: E402
 from karen_host.routing import websocket_urlpatterns  # noqa: E402
 
@@ -16,5 +17,7 @@ application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": WebsocketOriginValidator(URLRouter(websocket_urlpatterns)),
+        # `manage.py runworker inference`: this machine becomes an inference node.
+        "channel": ChannelNameRouter({"inference": InferenceNodeConsumer.as_asgi()}),
     }
 )

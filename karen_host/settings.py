@@ -219,3 +219,33 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 SERVER_URL = env.str("SERVER_URL", default=f"http://127.0.0.1:{PORT}").rstrip("/")
 SERVER_TIMEOUT_S = env.float("SERVER_TIMEOUT_S", default=300.0)  # covers loading a large model
 SERVICE_TOKEN_FILE = Path(env.str("SERVICE_TOKEN_FILE", default=str(VAR_DIR / "service_token")))
+
+# Scaling out (README, "Running on several machines"): web nodes with INFERENCE_MODE=remote
+# relay jobs over the channel layer to inference nodes (`manage.py runworker inference`),
+# so the layer must then be Redis; one machine keeps the in-memory layer and local mode.
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # redis-py's default 5 s read timeout equals channels-redis's 5 s blocking pop,
+                # so an idle receive would time out now and then; give reads room.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                # Capacity is per channel: a web node's replies for all its streams share one.
+                "capacity": env.int("CHANNEL_CAPACITY", default=1000),
+                "expiry": 60,
+            },
+        }
+    }
+INFERENCE_MODE = env.str("INFERENCE_MODE", default="local")
+if INFERENCE_MODE not in ("local", "remote"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"INFERENCE_MODE is {INFERENCE_MODE!r}; use 'local' or 'remote'.")
+INFERENCE_NODE_NAME = env.str("INFERENCE_NODE_NAME", default=os.uname().nodename)  # one per worker process
+INFERENCE_NODE_DESCRIPTION = env.str("INFERENCE_NODE_DESCRIPTION", default="")  # empty: detected GPU / CPU
+INFERENCE_HEARTBEAT_S = env.float("INFERENCE_HEARTBEAT_S", default=2.0)  # down after 3 missed
+# `manage.py runworker` is inference's (it starts the node at boot); Django takes a command
+# from the first app in INSTALLED_APPS that has it, so inference goes before channels.
+INSTALLED_APPS.remove("inference")
+INSTALLED_APPS.insert(INSTALLED_APPS.index("channels"), "inference")

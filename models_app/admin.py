@@ -11,7 +11,15 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from models_app.choices import Scope
-from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
+from models_app.models import (
+    APIToken,
+    InferenceNode,
+    LLMModel,
+    ModelConfig,
+    ModelPlacement,
+    SelfTestResult,
+    UsageRecord,
+)
 from models_app.services import revoke_token
 from models_app.tasks import BrokerUnavailable, enqueue
 from models_app.tasks import preload_models as preload_models_task
@@ -276,3 +284,51 @@ class SelfTestResultAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: SelfTestResult | None = None) -> bool:
         return False
+
+
+# -- Scale-out: inference nodes and where models should run -------------------------
+
+
+class ModelPlacementInline(admin.TabularInline):
+    model = ModelPlacement
+    extra = 0
+    fields = ("model", "created_at")
+    readonly_fields = ("created_at",)
+
+
+@admin.register(InferenceNode)
+class InferenceNodeAdmin(admin.ModelAdmin):
+    list_display = ("name", "status", "hardware", "slots", "in_flight", "loaded_now", "placed_here",
+                    "load_on_demand", "last_heartbeat")  # fmt: skip
+    list_filter = ("status", "load_on_demand")
+    search_fields = ("name", "hardware", "channel")
+    # All but load_on_demand is the node's own report; its heartbeat would overwrite an edit.
+    readonly_fields = ("name", "channel", "hardware", "status", "slots", "in_flight", "loaded", "max_loaded_models",
+                       "memory_budget_mb", "memory_used_mb", "started_at", "last_heartbeat", "created_at")  # fmt: skip
+    inlines = (ModelPlacementInline,)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[InferenceNode]:
+        return super().get_queryset(request).prefetch_related("placements")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a node registers itself with its first heartbeat
+
+    @admin.display(description="loaded now")
+    def loaded_now(self, node: InferenceNode) -> str:
+        return ", ".join(node.loaded_model_ids) or "-"
+
+    @admin.display(description="placed here")
+    def placed_here(self, node: InferenceNode) -> str:
+        return ", ".join(p.model_id for p in node.placements.all()) or "-"
+
+
+@admin.register(ModelPlacement)
+class ModelPlacementAdmin(admin.ModelAdmin):
+    """Change a row's node to move the model: the new node loads it, the old one unloads it."""
+
+    list_display = ("model", "node", "created_at")
+    list_editable = ("node",)
+    list_filter = ("node", "model")
+    search_fields = ("model__id", "node__name")
+    list_select_related = ("model", "node")
+    readonly_fields = ("created_at",)

@@ -43,3 +43,8 @@ class UsageStatus(models.TextChoices):
     ERROR = "error", "Error"
     TIMEOUT = "timeout", "Timeout"
     INTERRUPTED = "interrupted", "Interrupted"
+
+
+class NodeStatus(models.TextChoices):
+    UP = "up", "Up"
+    DOWN = "down", "Down (missed 3 heartbeats)"

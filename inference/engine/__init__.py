@@ -1,6 +1,7 @@
 """The engine: one interface (submit a job, stream its events, cancel) over llama.cpp."""
 
 import threading
+from typing import TYPE_CHECKING
 
 import psutil
 from django.conf import settings
@@ -9,7 +10,10 @@ from inference.engine.jobs import Job, JobHandle, Outcome, Sampling, Token
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelPool
 
-_engine: LocalEngine | None = None
+if TYPE_CHECKING:
+    from inference.engine.remote import RemoteEngine
+
+_engine: "LocalEngine | RemoteEngine | None" = None
 _engine_lock = threading.Lock()
 
 
@@ -19,10 +23,14 @@ def _mark_invalid(model_id: str, reason: str) -> None:
     mark_model_invalid(model_id=model_id, reason=reason)
 
 
-def get_engine() -> LocalEngine:
-    """The process's engine, created on first use from settings."""
+def get_engine() -> "LocalEngine | RemoteEngine":
+    """The process's engine, created on first use from settings: INFERENCE_MODE local or remote."""
     global _engine
     with _engine_lock:
+        if _engine is None and settings.INFERENCE_MODE == "remote":
+            from inference.engine.remote import RemoteEngine  # imports the channel layer
+
+            _engine = RemoteEngine(heartbeat_s=settings.INFERENCE_HEARTBEAT_S)
         if _engine is None:
             budget = settings.MODEL_MEMORY_BUDGET_MB or psutil.virtual_memory().total * 0.6 / 2**20
             _engine = LocalEngine(
@@ -42,8 +50,10 @@ def reset_engine() -> None:
     """Unload everything and forget the engine (tests; settings changes)."""
     global _engine
     with _engine_lock:
-        if _engine is not None:
+        if isinstance(_engine, LocalEngine):
             _engine.pool.close()
+        elif _engine is not None:
+            _engine.close()
         _engine = None
 
 

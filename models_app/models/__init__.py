@@ -1,3 +1,4 @@
+from models_app.models.nodes import InferenceNode, ModelPlacement
 from models_app.models.registry import LLMModel, ModelConfig
 from models_app.models.self_tests import SelfTestResult
 from models_app.models.tokens import APIToken
@@ -5,8 +6,10 @@ from models_app.models.usage import UsageRecord
 
 __all__ = [
     "APIToken",
+    "InferenceNode",
     "LLMModel",
     "ModelConfig",
+    "ModelPlacement",
     "SelfTestResult",
     "UsageRecord",
 ]

@@ -5,8 +5,9 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -84,6 +85,35 @@ class Outcome:
 
 
 Event = Token | Outcome
+_batch = threading.local()
+
+
+@contextmanager
+def batched_handoffs() -> Iterator[None]:
+    """Collect the hand-offs made on this thread and deliver them with one wake-up per event loop.
+
+    The scheduler wraps each decode step in this: with eight streams, eight separate
+    wake-ups per step cost the event loop (and so llama.cpp's threads) more than one.
+    """
+    _batch.pending = []
+    try:
+        yield
+    finally:
+        pending, _batch.pending = _batch.pending, None
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[JobHandle, Event]]] = {}
+        for handle, event in pending:
+            by_loop.setdefault(handle._loop, []).append((handle, event))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, items)
+            except RuntimeError:  # that loop is closed: its callers are gone
+                for handle, _ in items:
+                    handle.cancelled.set()
+
+
+def _deliver_all(items: list[tuple["JobHandle", Event]]) -> None:
+    for handle, event in items:
+        handle._deliver(event)
 
 
 class JobHandle:
@@ -127,6 +157,10 @@ class JobHandle:
         self._handoff(event)
 
     def _handoff(self, event: Event) -> None:
+        pending = getattr(_batch, "pending", None)
+        if pending is not None:  # inside batched_handoffs(): one wake-up per loop per step
+            pending.append((self, event))
+            return
         try:
             self._loop.call_soon_threadsafe(self._deliver, event)
         except RuntimeError:  # the loop is closed: the caller is gone, nobody to tell

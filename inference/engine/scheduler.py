@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import llama_cpp
 
-from inference.engine.jobs import Job, JobHandle, Outcome, Token
+from inference.engine.jobs import Job, JobHandle, Outcome, Token, batched_handoffs
 from inference.engine.llama_runner import LlamaRunner, PromptError
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ class BatchScheduler:
             active = [slot for slot in self.slots if slot.request]
             if active:
                 try:
-                    self._step(active)
+                    with batched_handoffs():
+                        self._step(active)
                 except Exception as exc:  # a failed decode ends the requests in it, not the thread
                     logger.exception("decode step on %s failed", self.runner.spec.model_id)
                     for slot in active:

@@ -11,7 +11,6 @@ from django.utils import timezone
 
 from models_app.choices import ModelStatus, Scope, UsageStatus
 from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
-from models_app.scanning import rescan_model
 from models_app.selectors import find_token
 from models_app.server_api import MissingServiceToken, read_service_token, write_service_token
 
@@ -165,15 +164,6 @@ def update_model(*, model: LLMModel, changes: Mapping[str, Any]) -> LLMModel:
     if changes:
         model.save(update_fields=[*changes, "updated_at"])
     return model
-
-
-def rescan_model_now(*, model: LLMModel) -> LLMModel:
-    """Hash and probe the model's file again in this process, blocking until both finish.
-
-    Until a Celery scan task exists the API calls this inline: the request lasts as long
-    as hashing the file plus the probe load (MODEL_PROBE_TIMEOUT_S at most).
-    """
-    return rescan_model(model)
 
 
 def apply_config_changes(*, config: ModelConfig, changes: Mapping[str, Any]) -> set[str]:

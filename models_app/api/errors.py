@@ -36,6 +36,14 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
+class Unavailable(exceptions.APIException):
+    """A service the request needs is down (e.g. the Celery broker)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "A service this request needs is unavailable; retry shortly."
+    default_code = "unavailable"
+
+
 def _first_validation_error(detail: Any, path: tuple[str, ...] = ()) -> tuple[str, str | None, str | None]:
     """(message, param, DRF code) of the first error in a ValidationError's nested detail."""
     if isinstance(detail, dict) and detail:

@@ -14,7 +14,7 @@ from inference.engine import get_engine
 from inference.engine.spec import ModelSpec
 from models_app.api.permissions import is_admin
 from models_app.choices import KVCacheType, OptimizeFor, Scope
-from models_app.models import APIToken, LLMModel, ModelConfig, UsageRecord
+from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
 from models_app.selectors import USAGE_GROUPS
 from models_app.services import apply_config_changes
 
@@ -222,6 +222,19 @@ class UsageRecordSerializer(serializers.ModelSerializer):
                   "total_tokens", "time_to_first_token_ms", "duration_ms", "client_address", "error_message",
                   "created_at", "finished_at")  # fmt: skip
         read_only_fields = fields
+
+
+class SelfTestResultSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SelfTestResult
+        fields = ("id", "model", "passed", "reason", "time_to_first_token_ms", "tokens_per_s", "completion_tokens",
+                  "output_excerpt", "task_id", "created_at")  # fmt: skip
+        read_only_fields = fields
+
+
+class QueuedTaskSerializer(serializers.Serializer):
+    id = serializers.CharField(help_text="The model.")
+    task_id = serializers.CharField(help_text="The Celery task; its result shows in the admin.")
 
 
 class UsageSummaryQuerySerializer(serializers.Serializer):

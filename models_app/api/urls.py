@@ -4,13 +4,20 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from models_app.api.views import APITokenViewSet, LLMModelViewSet, ModelConfigViewSet, UsageViewSet
+from models_app.api.views import (
+    APITokenViewSet,
+    LLMModelViewSet,
+    ModelConfigViewSet,
+    SelfTestViewSet,
+    UsageViewSet,
+)
 
 router = DefaultRouter()
 router.register("models", LLMModelViewSet, basename="model")
 router.register("configs", ModelConfigViewSet, basename="config")
 router.register("tokens", APITokenViewSet, basename="token")
 router.register("usage", UsageViewSet, basename="usage")
+router.register("selftests", SelfTestViewSet, basename="selftest")
 
 urlpatterns = [
     path("v1/", include(router.urls)),

@@ -15,7 +15,7 @@ from rest_framework.serializers import BaseSerializer
 
 from inference.engine import get_engine
 from inference.engine.spec import ModelSpec
-from models_app.api.errors import Conflict
+from models_app.api.errors import Conflict, Unavailable
 from models_app.api.filtersets import APITokenFilterSet, LLMModelFilterSet, UsageFilterSet
 from models_app.api.pagination import UsageCursorPagination
 from models_app.api.permissions import ModelsScope, caller_model_ids, check_grantable, is_admin
@@ -30,6 +30,8 @@ from models_app.api.serializers import (
     LoadResultSerializer,
     ModelConfigChangeSerializer,
     ModelConfigSerializer,
+    QueuedTaskSerializer,
+    SelfTestResultSerializer,
     TokenCreateSerializer,
     TokenWriteSerializer,
     UnloadResultSerializer,
@@ -37,7 +39,7 @@ from models_app.api.serializers import (
     UsageSummaryQuerySerializer,
     UsageSummarySerializer,
 )
-from models_app.models import APIToken, LLMModel, ModelConfig, UsageRecord
+from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
 from models_app.models.registry import PRESETS
 from models_app.selectors import (
     USAGE_SUMMARY_COLUMNS,
@@ -50,12 +52,14 @@ from models_app.selectors import (
 )
 from models_app.services import (
     issue_token,
-    rescan_model_now,
     revoke_token,
     update_config,
     update_model,
     update_token,
 )
+from models_app.tasks import BrokerUnavailable, enqueue
+from models_app.tasks import rescan_model as rescan_model_task
+from models_app.tasks import run_self_test as run_self_test_task
 
 # Config fields the engine reads only when it loads a model: the llama.cpp arguments
 # (the names ModelSpec passes to llama.cpp) and the system prompt the runner keeps.
@@ -123,12 +127,37 @@ class LLMModelViewSet(
         unloaded = async_to_sync(get_engine().unload)(model.pk)
         return Response({"id": model.pk, "unloaded": unloaded})
 
-    @extend_schema(request=None, responses=LLMModelDetailSerializer)
+    @extend_schema(request=None, responses={202: QueuedTaskSerializer, 503: ErrorSerializer})
     @action(detail=True, methods=["post"])
     def rescan(self, request: Request, pk: str | None = None) -> Response:
-        """Hash and probe the file again. Runs inline (no Celery task yet): seconds per GB."""
-        model = rescan_model_now(model=self.get_object())
-        return Response(self.get_serializer(model).data)
+        """Queue a re-hash and re-probe of the file (the scan task); returns the task id."""
+        return _queued(self.get_object(), rescan_model_task)
+
+    @extend_schema(request=None, responses={202: QueuedTaskSerializer, 503: ErrorSerializer})
+    @action(detail=True, methods=["post"])
+    def selftest(self, request: Request, pk: str | None = None) -> Response:
+        """Queue a self-test of the model through the live server; its result appears under /selftests/."""
+        return _queued(self.get_object(), run_self_test_task)
+
+
+def _queued(model: LLMModel, task: Any) -> Response:
+    try:
+        task_id = enqueue(task, model.pk)
+    except BrokerUnavailable as exc:
+        raise Unavailable(str(exc), code="broker_unavailable") from exc
+    return Response({"id": model.pk, "task_id": task_id}, status=status.HTTP_202_ACCEPTED)
+
+
+class SelfTestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Self-test results, latest first; `?model=<id>` for one model's history."""
+
+    serializer_class = SelfTestResultSerializer
+    permission_classes = (ModelsScope,)
+    filterset_fields = ("model", "passed")
+
+    def get_queryset(self) -> QuerySet[SelfTestResult]:
+        models = visible_models(only=caller_model_ids(self.request))
+        return SelfTestResult.objects.filter(model__in=models).order_by("-created_at", "-pk")
 
 
 class ModelConfigViewSet(

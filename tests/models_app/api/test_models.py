@@ -135,12 +135,19 @@ def test_reader_cannot_load_a_model(reader, small_model):
     assert_error(reader.post(f"{URL}smollm2/load/"), 403, error_type="permission_error")
 
 
-def test_rescan_hashes_and_probes_the_file_again(manager, small_model):
+def test_rescan_queues_the_scan_task_and_returns_its_id(manager, small_model):
     response = manager.post(f"{URL}smollm2/rescan/")
-    assert response.status_code == 200, response.content
-    small_model.refresh_from_db()
-    assert response.json()["status"] == "available" and len(small_model.sha256) == 64
-    assert response.json()["sha256"] == small_model.sha256 and small_model.scanned_at is not None
+    assert response.status_code == 202, response.content
+    assert response.json()["id"] == "smollm2" and len(response.json()["task_id"]) >= 32
+
+
+def test_selftest_queues_a_self_test_and_returns_its_id(manager, small_model):
+    response = manager.post(f"{URL}smollm2/selftest/")
+    assert response.status_code == 202 and response.json()["task_id"]
+
+
+def test_reader_cannot_queue_a_self_test(reader, small_model):
+    assert_error(reader.post(f"{URL}smollm2/selftest/"), 403, error_type="permission_error")
 
 
 def test_token_limited_to_other_models_neither_sees_nor_loads_this_one(admin_user, small_model, second_model):

@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
+from models_app.api.nodes import InferenceNodeViewSet, PlacementViewSet
 from models_app.api.views import (
     APITokenViewSet,
     LLMModelViewSet,
@@ -18,6 +19,8 @@ router.register("configs", ModelConfigViewSet, basename="config")
 router.register("tokens", APITokenViewSet, basename="token")
 router.register("usage", UsageViewSet, basename="usage")
 router.register("selftests", SelfTestViewSet, basename="selftest")
+router.register("nodes", InferenceNodeViewSet, basename="node")
+router.register("placements", PlacementViewSet, basename="placement")
 
 urlpatterns = [
     path("v1/", include(router.urls)),

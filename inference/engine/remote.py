@@ -20,7 +20,6 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from channels import DEFAULT_CHANNEL_LAYER
@@ -28,6 +27,7 @@ from channels.exceptions import ChannelFull
 from channels.layers import channel_layers
 
 from inference.engine import wire
+from inference.engine.flights import Flight, RemoteJobHandle
 from inference.engine.jobs import Job, JobHandle, Outcome, Token
 from inference.engine.pool import ModelBusy
 from inference.engine.routing import NodeDirectory
@@ -38,38 +38,6 @@ from models_app.placement import NodeView
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_ATTEMPTS = 2  # a job whose node dies before its first token is retried once elsewhere
-
-
-class RemoteJobHandle(JobHandle):
-    """A JobHandle whose cancel() also reaches the node running the job."""
-
-    def __init__(self, job: Job, *, on_cancel: Callable[[str], None]) -> None:
-        super().__init__(job, coalesce_s=0.0)  # the node already sends tokens ~20 ms apart
-        self._on_cancel = on_cancel
-
-    def cancel(self) -> None:
-        first = not self.cancelled.is_set()
-        super().cancel()
-        if first:
-            self._on_cancel(self.job.id)
-
-
-@dataclass(eq=False)
-class _Flight:
-    """One job the transport follows from routing to its outcome."""
-
-    spec: ModelSpec
-    job: Job
-    handle: JobHandle
-    started: asyncio.Future  # inference.start arrived (or the refusal, raised)
-    admitted: asyncio.Future  # True once the caller's on_admit ran, False if it failed
-    node: NodeView | None = None
-    attempts: int = 0
-    prompt_tokens: int = 0
-    tokens: int = 0  # as counted by the node, up to the last text received
-    streamed: bool = False
-    finished: bool = False
-    cancel_sent: bool = False
 
 
 def _log_failed_send(task: asyncio.Task) -> None:
@@ -88,7 +56,7 @@ class RemoteEngine:
     def __init__(self, *, heartbeat_s: float, layer_alias: str = DEFAULT_CHANNEL_LAYER) -> None:
         self.directory = NodeDirectory(heartbeat_s=heartbeat_s)
         self._refresh_s = min(1.0, heartbeat_s / 2)
-        self._flights: dict[str, _Flight] = {}
+        self._flights: dict[str, Flight] = {}
         self._calls: dict[str, tuple[asyncio.Future, NodeView, str]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._db = ThreadPoolExecutor(1, thread_name_prefix="remote-engine-db")
@@ -161,7 +129,7 @@ class RemoteEngine:
         with contextlib.suppress(RuntimeError):  # the transport is closed: nothing to tell
             self._loop.call_soon_threadsafe(self._forward_cancel, job_id)
 
-    def _admit(self, flight: _Flight, on_admit: Callable[[], None] | None) -> None:
+    def _admit(self, flight: Flight, on_admit: Callable[[], None] | None) -> None:
         """Run on_admit (a worker thread), then let the outcome through; a failed admission never ends."""
         admitted = False
         try:
@@ -241,8 +209,8 @@ class RemoteEngine:
         self._spawn(self._send(channel, message)).add_done_callback(_log_failed_send)
 
     # -- jobs -----------------------------------------------------------------------
-    async def _dispatch(self, spec: ModelSpec, job: Job, handle: JobHandle) -> _Flight:
-        flight = _Flight(spec, job, handle, self._loop.create_future(), self._loop.create_future())
+    async def _dispatch(self, spec: ModelSpec, job: Job, handle: JobHandle) -> Flight:
+        flight = Flight(spec, job, handle, self._loop.create_future(), self._loop.create_future())
         self._flights[job.id] = flight
         try:
             await self._send_job(flight)
@@ -252,7 +220,7 @@ class RemoteEngine:
             raise
         return flight
 
-    async def _send_job(self, flight: _Flight, *, exclude: tuple[str, ...] = ()) -> None:
+    async def _send_job(self, flight: Flight, *, exclude: tuple[str, ...] = ()) -> None:
         """Route and send; the flight's node is set once the message is on its channel."""
         await self._first_refresh.wait()
         node = self.directory.choose(flight.spec.model_id, exclude=exclude)
@@ -301,7 +269,7 @@ class RemoteEngine:
             flight.cancel_sent = True
             self._send_soon(flight.node.channel, {"type": wire.CANCEL, "id": job_id})
 
-    def _node_lost(self, flight: _Flight) -> None:
+    def _node_lost(self, flight: Flight) -> None:
         lost = flight.node
         self._release_node(flight)
         if flight.handle.cancelled.is_set() and flight.started.done():
@@ -312,13 +280,13 @@ class RemoteEngine:
         else:
             self._fail(flight, lost, None)
 
-    async def _retry(self, flight: _Flight, lost: NodeView) -> None:
+    async def _retry(self, flight: Flight, lost: NodeView) -> None:
         try:
             await self._send_job(flight, exclude=(lost.name,))
         except Exception as exc:
             self._fail(flight, lost, exc)
 
-    def _fail(self, flight: _Flight, lost: NodeView, exc: Exception | None) -> None:
+    def _fail(self, flight: Flight, lost: NodeView, exc: Exception | None) -> None:
         """End a flight whose node was lost: refused if it never started, else an error outcome."""
         if not flight.started.done():
             reason = exc or wire.NodeUnavailable(
@@ -331,7 +299,7 @@ class RemoteEngine:
         )
         self._finish(flight, self._failed_outcome(flight, message, "node_lost"))
 
-    def _failed_outcome(self, flight: _Flight, message: str, code: str) -> Outcome:
+    def _failed_outcome(self, flight: Flight, message: str, code: str) -> Outcome:
         return Outcome(
             "error",
             "error",
@@ -342,7 +310,7 @@ class RemoteEngine:
             error_code=code,
         )
 
-    def _finish(self, flight: _Flight, outcome: Outcome) -> None:
+    def _finish(self, flight: Flight, outcome: Outcome) -> None:
         """Hand the outcome over exactly once, after admission, from a plain thread."""
         if flight.finished:
             return
@@ -354,11 +322,11 @@ class RemoteEngine:
             return
         self._spawn(self._deliver(flight, outcome))
 
-    async def _deliver(self, flight: _Flight, outcome: Outcome) -> None:
+    async def _deliver(self, flight: Flight, outcome: Outcome) -> None:
         if await flight.admitted:
             await self._loop.run_in_executor(self._outcomes, flight.handle.push, outcome)
 
-    def _drop(self, flight: _Flight) -> None:
+    def _drop(self, flight: Flight) -> None:
         """Forget a flight that never reached its caller; tell its node, if any, to stop."""
         flight.finished = True
         self._flights.pop(flight.job.id, None)
@@ -367,7 +335,7 @@ class RemoteEngine:
         self._release_node(flight)
         _resolve(flight.admitted, False)
 
-    def _release_node(self, flight: _Flight) -> None:
+    def _release_node(self, flight: Flight) -> None:
         if flight.node is not None:
             name = flight.node.name
             self.directory.sent[name] -= 1

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.throughput import PROMPTS, SAMPLING, THREADS, free_port  # noqa: E402
+from bench.throughput import PROMPTS, THREADS, free_port, stream_chat  # noqa: E402
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 REDIS_URL = "redis://127.0.0.1:6379/12"
@@ -87,24 +87,7 @@ class Deployment:
         raise RuntimeError(f"the {mode} web node did not start")
 
     def stream(self, mode: str, prompt: str, tokens: int) -> dict:
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-                **SAMPLING, "seed": 1, "stream": True, "stream_options": {"include_usage": True},
-                "logit_bias": {str(t): -100 for t in EOG_TOKENS}}  # fmt: skip
-        start = time.perf_counter()
-        first = last = usage = None
-        with httpx.stream("POST", f"{self.urls[mode]}/v1/chat/completions", json=body, headers=self.headers,
-                          timeout=300) as response:  # fmt: skip
-            for line in response.iter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    last = time.perf_counter()
-                    first = first or last
-        n = usage["completion_tokens"]
-        return {"ttft_ms": (first - start) * 1000, "tokens": n, "decode_tps": (n - 1) / (last - first)}
+        return stream_chat(self.urls[mode], self.headers, self.model, prompt, tokens, EOG_TOKENS)
 
     def aggregate(self, mode: str, clients: int, tokens: int) -> dict:
         start = time.perf_counter()

@@ -86,6 +86,27 @@ def run_direct(model_path: str, prompts: list[str], eog: list[int], tokens: int)
     return json.loads(out.stdout.decode().strip().splitlines()[-1])
 
 
+def stream_chat(url: str, headers: dict[str, str], model: str, prompt: str, tokens: int, eog: list[int]) -> dict:
+    """One greedy SSE chat completion: time to first token, tokens, decode tokens/s."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
+            **SAMPLING, "seed": 1, "stream": True, "stream_options": {"include_usage": True},
+            "logit_bias": {str(t): -100 for t in eog}}  # fmt: skip
+    start = time.perf_counter()
+    first = last = usage = None
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=300) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                last = time.perf_counter()
+                first = first or last
+    n = usage["completion_tokens"]
+    return {"ttft_ms": (first - start) * 1000, "tokens": n, "decode_tps": (n - 1) / (last - first)}
+
+
 class Server:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
@@ -118,26 +139,7 @@ class Server:
         return {"Authorization": f"Bearer {self.secret}"}
 
     def stream(self, prompt: str, tokens: int, eog: list[int]) -> dict:
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-                **SAMPLING, "seed": 1, "stream": True, "stream_options": {"include_usage": True},
-                "logit_bias": {str(t): -100 for t in eog}}  # fmt: skip
-        start = time.perf_counter()
-        first = last = None
-        usage = None
-        with httpx.stream("POST", f"{self.url}/v1/chat/completions", json=body, headers=self.headers,
-                          timeout=300) as response:  # fmt: skip
-            for line in response.iter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                elif chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                    now = time.perf_counter()
-                    first = first or now
-                    last = now
-        n = usage["completion_tokens"]
-        return {"ttft_ms": (first - start) * 1000, "tokens": n, "decode_tps": (n - 1) / (last - first)}
+        return stream_chat(self.url, self.headers, self.model, prompt, tokens, eog)
 
     def websocket(self, prompt: str, tokens: int, eog: list[int]) -> dict:
         from websockets.sync.client import connect

@@ -83,7 +83,10 @@ class LlamaRunner:
         self.model = _internals.LlamaModel(path_model=spec.path, params=mparams, verbose=False)
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = kw["n_ctx"]
-        cparams.n_batch = cparams.n_ubatch = kw["n_batch"]
+        # Every generating slot puts one token in each step's batch, so a batch smaller
+        # than the slot count would overflow the batch arrays.
+        self.n_batch = max(kw["n_batch"], self.n_parallel)
+        cparams.n_batch = cparams.n_ubatch = self.n_batch
         cparams.n_seq_max = self.n_parallel
         cparams.kv_unified = False  # one KV stream per slot: attention never scans other slots' cells
         cparams.n_threads = cparams.n_threads_batch = _threads(kw["n_threads"])
@@ -99,7 +102,6 @@ class LlamaRunner:
         except Exception:
             self.model.close()
             raise
-        self.n_batch = kw["n_batch"]
         self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=self.n_parallel, verbose=False)
         self.vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()

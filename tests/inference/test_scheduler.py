@@ -127,3 +127,15 @@ def test_queue_overflow_is_429_with_retry_after(live, one_slot_one_queue):
     queued.join(timeout=120)
     assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
     assert refused.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_a_batch_smaller_than_the_slot_count_still_serves_every_slot(small_model):
+    spec = ModelSpec.from_model(small_model)
+    spec = replace(spec, llama_kwargs={**spec.llama_kwargs, "n_parallel": 4, "n_batch": 2, "n_ctx": 2048})
+    pool = ModelPool(max_loaded=1, budget_mb=10_000, default_keep_alive_s=None, max_queue=8, queue_timeout_s=60)
+    try:
+        engine = LocalEngine(pool)
+        results = await asyncio.gather(*(run(engine, spec, chat(spec, p, max_tokens=4)) for p in PROMPTS[:4]))
+        assert all(outcome.status == "completed" and text for text, outcome in results)
+    finally:
+        pool.close()

@@ -7,7 +7,7 @@ import shutil
 import httpx
 import pytest
 from django.urls import reverse
-from django_celery_beat.models import IntervalSchedule, PeriodicTask
+from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 from django_celery_results.models import TaskResult
 
 from models_app.choices import ModelStatus
@@ -37,9 +37,13 @@ def test_scheduled_scan_registers_a_dropped_in_gguf(worker, worker_models_dir, b
     ensure_default_schedules()
     every_2s, _ = IntervalSchedule.objects.get_or_create(every=2, period=IntervalSchedule.SECONDS)
     PeriodicTask.objects.filter(name=SCAN_SCHEDULE).update(interval=every_2s, queue=worker.queue)
+    # A queryset update sends no signal, so tell the running beat its schedule changed;
+    # without this, a beat that loaded the schedule first kept the old queue (flaky).
+    PeriodicTasks.update_changed()
     shutil.copyfile(bundled_gguf, worker_models_dir / "dropped-in.gguf")
     model = wait_for(
         lambda: LLMModel.objects.filter(id="dropped-in", status=ModelStatus.AVAILABLE).first(),
+        timeout=180,
         what="the scheduled scan to register dropped-in.gguf",
         worker=worker,
     )

@@ -7,7 +7,6 @@ is down, a refused token, a timeout all come back as a `GenerationResult` with
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any
@@ -25,6 +24,7 @@ from karen_extension.errors import (
     ServerUnreachable,
     error_from_body,
     error_from_status,
+    parse_json_object,
 )
 from karen_extension.results import GenerationResult, StreamEnd, StreamEvent, TextPiece, collect
 from karen_extension.websocket import stream_websocket
@@ -200,7 +200,7 @@ async def parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[StreamEvent]:
         if data == "[DONE]":
             yield StreamEnd(model, finish, usage)
             return
-        chunk = _json_object(data)
+        chunk = parse_json_object(data, "an event stream chunk")
         if "error" in chunk:
             raise error_from_body(chunk["error"])
         model, usage = chunk.get("model", model), chunk.get("usage") or usage
@@ -222,16 +222,6 @@ def _transport_errors(config: ClientConfig) -> Iterator[None]:
         raise ServerUnreachable(f"karen-host at {config.base_url} is unreachable: {exc}") from None
     except httpx.TransportError as exc:
         raise ConnectionLost(f"the connection to karen-host at {config.base_url} broke: {exc}") from None
-
-
-def _json_object(data: str) -> dict[str, Any]:
-    try:
-        chunk = json.loads(data)
-    except ValueError:
-        raise BadResponse("an event stream chunk is not JSON") from None
-    if not isinstance(chunk, dict):
-        raise BadResponse("an event stream chunk is not a JSON object")
-    return chunk
 
 
 def _sampling(values: dict[str, Any]) -> dict[str, Any]:

@@ -97,6 +97,17 @@ class BadResponse(KarenHostError):
     reason = "bad_response"
 
 
+def parse_json_object(raw: str | bytes, what: str) -> dict[str, Any]:
+    """`raw` decoded as a JSON object; BadResponse naming `what` (a chunk, a frame) if it is not one."""
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise BadResponse(f"{what} is not JSON") from None
+    if not isinstance(value, dict):
+        raise BadResponse(f"{what} is not a JSON object")
+    return value
+
+
 # One table from the server's HTTP status to what the plugin reports (the same
 # statuses the server documents: 401 token, 403 scope/model, 404 model, 429 queue...).
 _BY_STATUS: dict[int, type[KarenHostError]] = {

@@ -22,6 +22,7 @@ from karen_extension.errors import (
     TokenRefused,
     error_from_body,
     error_from_status,
+    parse_json_object,
     redact,
 )
 from karen_extension.results import StreamEnd, StreamEvent, TextPiece
@@ -76,7 +77,7 @@ async def stream_websocket(
         ) as socket:
             await socket.send(json.dumps(frame))
             async for raw in socket:
-                event = _event(_frame(raw), request_id, model)
+                event = _event(parse_json_object(raw, "a websocket frame"), request_id, model)
                 if event is not None:
                     yield event
                     if isinstance(event, StreamEnd):
@@ -109,16 +110,6 @@ def _event(frame: dict[str, Any], request_id: str, model: str) -> StreamEvent | 
         usage, timings = frame.get("usage"), frame.get("timings")
         return StreamEnd(frame.get("model") or model, frame.get("finish_reason"), usage, timings)
     return None
-
-
-def _frame(raw: str | bytes) -> dict[str, Any]:
-    try:
-        frame = json.loads(raw)
-    except ValueError:
-        raise BadResponse("a websocket frame is not JSON") from None
-    if not isinstance(frame, dict):
-        raise BadResponse("a websocket frame is not a JSON object")
-    return frame
 
 
 def _closed(code: int | None, reason: str) -> KarenHostError:

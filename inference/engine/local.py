@@ -5,7 +5,6 @@ from collections.abc import Callable
 from typing import Any
 
 from inference.engine.jobs import Job, JobHandle, Outcome
-from inference.engine.llama_runner import PromptError
 from inference.engine.pool import ModelPool
 from inference.engine.spec import ModelSpec
 
@@ -76,6 +75,3 @@ class LocalEngine:
             "memory_used_mb": round(pool.used_mb(), 1),
             "stats": vars(pool.stats),
         }
-
-
-__all__ = ["LocalEngine", "PromptError"]

@@ -37,12 +37,17 @@ def test_scheduled_scan_registers_a_dropped_in_gguf(worker, worker_models_dir, b
     ensure_default_schedules()
     every_2s, _ = IntervalSchedule.objects.get_or_create(every=2, period=IntervalSchedule.SECONDS)
     PeriodicTask.objects.filter(name=SCAN_SCHEDULE).update(interval=every_2s, queue=worker.queue)
-    # A queryset update sends no signal, so tell the running beat its schedule changed;
-    # without this, a beat that loaded the schedule first kept the old queue (flaky).
-    PeriodicTasks.update_changed()
     shutil.copyfile(bundled_gguf, worker_models_dir / "dropped-in.gguf")
+
+    def registered() -> LLMModel | None:
+        # A queryset update sends no signal, so tell the running beat its schedule changed, and
+        # keep telling it: beat takes the first change stamp it reads as its baseline, so a
+        # stamp written just before that read would go unseen (the flaky failure seen twice).
+        PeriodicTasks.update_changed()
+        return LLMModel.objects.filter(id="dropped-in", status=ModelStatus.AVAILABLE).first()
+
     model = wait_for(
-        lambda: LLMModel.objects.filter(id="dropped-in", status=ModelStatus.AVAILABLE).first(),
+        registered,
         timeout=180,
         what="the scheduled scan to register dropped-in.gguf",
         worker=worker,

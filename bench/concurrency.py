@@ -14,9 +14,11 @@ suppressed by logit_bias, so every request should produce exactly --tokens token
 from the final usage chunk. The two servers never run at the same time; the order alternates per level
 and round. Per side and level: aggregate tokens/s (all completion tokens / wall time of the level),
 per-stream tokens/s (mean over requests of (tokens - 1) / time from first to last content chunk),
-time to first token p50/p95, errors and truncated requests (fewer than --tokens tokens). Every request
-opens its own connection (see run_level). Both servers keep their prompt caches: each level sends the same
-16 prompts again, and a warm-up pass sends them all once first, so every level sees the same cache state.
+time to first token p50/p95, errors and truncated requests (fewer than --tokens tokens), pooled over
+the rounds (3 by default: this machine's speed drifts by 5-10% within minutes), plus each round's own
+ratio. Every request opens its own connection (see run_level). Both servers keep their prompt caches:
+each level sends the same 16 prompts again, and a warm-up pass sends them all once first, so every level
+sees the same cache state.
 
 Prints a table and writes bench/results/concurrency.json. Usage:
     .venv/bin/python bench/concurrency.py [--clients 1,4,8,16] [--tokens 128] [--slots 8] [--rounds 1]
@@ -220,6 +222,11 @@ def summarize(levels: list[dict], tokens: int) -> dict:
     }
 
 
+def level_tps(level: dict) -> float:
+    """Aggregate tokens/s of one side in one round of one level."""
+    return sum(r.get("tokens", 0) for r in level["runs"]) / level["wall_s"]
+
+
 def print_table(rows: list[dict]) -> None:
     columns = [("agg tok/s", "aggregate_tps"), ("stream tok/s", "per_stream_tps"), ("TTFT p50 ms", "ttft_ms_p50"),
                ("TTFT p95 ms", "ttft_ms_p95"), ("errors", "errors"), ("truncated", "truncated")]  # fmt: skip
@@ -235,7 +242,7 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,8,16", help="comma-separated concurrency levels")
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens of every request")
     parser.add_argument("--slots", type=int, default=8, help="parallel slots on both servers")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat every level this many times, interleaved")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat every level this many times, interleaved")
     parser.add_argument("--llama-server", help="use this llama-server binary instead of building one")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
@@ -280,6 +287,11 @@ def main() -> None:
         row = {"clients": clients, **{side: summarize(raw[clients, side], args.tokens) for side in ("ours", "theirs")}}
         theirs_tps = row["theirs"]["aggregate_tps"]
         row["ratio_aggregate_tps"] = round(row["ours"]["aggregate_tps"] / theirs_tps, 3) if theirs_tps else None
+        # Each round's own ratio shows how much of the pooled one is the machine's noise.
+        row["ratio_by_round"] = [
+            round(level_tps(ours) / level_tps(theirs), 3) if level_tps(theirs) else None
+            for ours, theirs in zip(raw[clients, "ours"], raw[clients, "theirs"], strict=True)
+        ]
         rows.append(row)
     result = {
         "model": Path(model_path).name,
@@ -298,6 +310,9 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print_table(rows)
+    if args.rounds > 1:
+        by_round = (f"{r['clients']}: {', '.join(map(str, r['ratio_by_round']))}" for r in rows)
+        print("ratio by round (clients: ours / theirs per round): " + "; ".join(by_round))
     for row in rows:
         for side in ("ours", "theirs"):
             for sample in row[side]["error_samples"]:

@@ -32,14 +32,18 @@ def client_address(request: HttpRequest) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
+def _servable_spec(model_id: str) -> ModelSpec:
+    return ModelSpec.from_model(resolve_model(model_id))
+
+
 async def resolve_spec(principal: Principal, model_id: str) -> ModelSpec:
     """The ModelSpec for a servable model the principal may use (404 / 403 otherwise)."""
     try:
-        model = await sync_to_async(resolve_model)(model_id)
+        spec = await sync_to_async(_servable_spec)(model_id)  # one thread hop for the query and the spec
     except LookupError as exc:
         raise NotFound(str(exc), param="model", code="model_not_found") from exc
-    principal.require_model(model.id)
-    return await sync_to_async(ModelSpec.from_model)(model)
+    principal.require_model(spec.model_id)
+    return spec
 
 
 def build_sampling(

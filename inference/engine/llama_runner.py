@@ -16,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 
 import llama_cpp
+import numpy as np
 from llama_cpp import _internals
 
 from inference.engine.jobs import Job, Outcome, Sampling
@@ -44,6 +45,41 @@ class PromptError(ValueError):
     def __init__(self, message: str, *, param: str, code: str) -> None:
         super().__init__(message)
         self.param, self.code = param, code
+
+
+def _keeping_gil(name: str) -> Any:
+    """`llama_cpp.<name>` declared so that the call keeps the GIL (ctypes' PYFUNCTYPE).
+
+    A ctypes call normally drops the GIL and must win it back afterwards; while the event
+    loop streams other requests that wait can last up to the interpreter's switch interval
+    (5 ms), far longer than a short call such as sampling one token. So the scheduler's
+    short calls keep it, and only llama_decode, which takes milliseconds, lets it go.
+    """
+    func = getattr(llama_cpp, name)
+    return ctypes.PYFUNCTYPE(func.restype, *func.argtypes)((name, llama_cpp.llama_cpp._lib))
+
+
+_sampler_sample = _keeping_gil("llama_sampler_sample")
+_get_logits_ith = _keeping_gil("llama_get_logits_ith")
+
+
+class GreedyArgmax:
+    """Greedy decoding with neutral penalties and no grammar: the highest logit after the biases.
+
+    The same token as llama.cpp's greedy sampler (the first of equal maxima, biases added
+    in float32), without filling its candidate array of the whole vocabulary for every
+    token; numpy's argmax over the logits row is several times cheaper.
+    """
+
+    def __init__(self, logit_bias: dict[int, float]) -> None:
+        self.bias_ids = np.fromiter(logit_bias, dtype=np.intp, count=len(logit_bias))
+        self.bias_values = np.fromiter(logit_bias.values(), dtype=np.float32, count=len(logit_bias))
+
+    def pick(self, logits: np.ndarray) -> int:
+        if len(self.bias_ids):
+            logits = logits.copy()
+            logits[self.bias_ids] += self.bias_values
+        return int(logits.argmax())
 
 
 @lru_cache(maxsize=64)
@@ -106,6 +142,7 @@ class LlamaRunner:
         self.vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
         self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._embedder: llama_cpp.Llama | None = None
         self._embedder_lock = threading.Lock()
 
@@ -152,8 +189,11 @@ class LlamaRunner:
         return tokens
 
     # -- decoding (scheduler thread only) ------------------------------------------------
-    def new_sampler(self, sampling: Sampling, seed: int) -> _internals.LlamaSampler:
+    def new_sampler(self, sampling: Sampling, seed: int) -> _internals.LlamaSampler | GreedyArgmax:
         """A sampler chain for one request: bias, penalties, grammar, then greedy or random."""
+        neutral = sampling.repeat_penalty == 1 and not sampling.frequency_penalty and not sampling.presence_penalty
+        if sampling.temperature == 0 and neutral and sampling.json_schema is None:
+            return GreedyArgmax({t: b for t, b in sampling.logit_bias.items() if 0 <= t < self.n_vocab})
         sampler = _internals.LlamaSampler()
         if sampling.logit_bias:
             sampler.add_logit_bias(self.n_vocab, sampling.logit_bias)
@@ -173,8 +213,19 @@ class LlamaRunner:
             sampler.add_dist(seed)
         return sampler
 
+    def sample(self, sampler: _internals.LlamaSampler | GreedyArgmax, index: int) -> int:
+        """The next token of a sequence from the logits at batch position `index`."""
+        if isinstance(sampler, GreedyArgmax):
+            row = _get_logits_ith(self.ctx.ctx, index)
+            return sampler.pick(np.ctypeslib.as_array(row, shape=(self.n_vocab,)))
+        return _sampler_sample(sampler.sampler, self.ctx.ctx, index)
+
     def is_eog(self, token: int) -> bool:
-        return llama_cpp.llama_vocab_is_eog(self.vocab, token)
+        """Whether `token` ends generation (cached: a ctypes call per token would drop the GIL)."""
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        return eog
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token (cached: the vocabulary never changes)."""

@@ -30,18 +30,28 @@ class LocalEngine:
         job is queued, so the usage row exists before the engine sees the job;
         `on_outcome` runs exactly once when the job ends, on the thread that ends it.
         """
-        loaded = await asyncio.to_thread(self.pool.acquire, spec, keep_alive_s=job.keep_alive_s)
         handle = JobHandle(job)
         if on_outcome is not None:
             handle.on_outcome(on_outcome)
-        handle.on_outcome(lambda _outcome: self.pool.release(spec.model_id))
+        # One hop to a worker thread for all the blocking steps: each hop costs a GIL
+        # hand-over, and under load those add up to milliseconds of time to first token.
         try:
-            tokens = [] if job.kind == "embedding" else await asyncio.to_thread(loaded.runner.tokenize_prompt, job)
-            await asyncio.to_thread(loaded.worker.submit, job, handle, tokens, before_queue=on_admit)
+            await asyncio.to_thread(self._queue, spec, job, handle, on_admit)
+        except asyncio.CancelledError:  # the caller left: a job queued anyway ends at once
+            handle.cancel()
+            raise
+        return handle
+
+    def _queue(self, spec: ModelSpec, job: Job, handle: JobHandle, on_admit: Callable[[], None] | None) -> None:
+        """Acquire the model, tokenize, admit and queue (worker thread); the pool is released on failure."""
+        loaded = self.pool.acquire(spec, keep_alive_s=job.keep_alive_s)
+        try:
+            tokens = [] if job.kind == "embedding" else loaded.runner.tokenize_prompt(job)
+            handle.on_outcome(lambda _outcome: self.pool.release(spec.model_id))
+            loaded.worker.submit(job, handle, tokens, before_queue=on_admit)
         except BaseException:
             self.pool.release(spec.model_id)
             raise
-        return handle
 
     async def load(self, spec: ModelSpec, *, keep_alive_s: float | None = -1.0) -> dict[str, Any]:
         loaded = await asyncio.to_thread(self.pool.acquire, spec, keep_alive_s=keep_alive_s)

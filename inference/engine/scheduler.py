@@ -291,10 +291,8 @@ class BatchScheduler:
             raise RuntimeError(f"llama_decode returned {rc}")
         self.stats["steps"] += 1
         self.stats["batched_tokens"] += n
-        ctx = self.runner.ctx.ctx
         for slot, index in sample_at:
-            token = llama_cpp.llama_sampler_sample(slot.request.sampler.sampler, ctx, index)
-            self._on_token(slot, token)
+            self._on_token(slot, self.runner.sample(slot.request.sampler, index))
 
     @staticmethod
     def _put(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:

@@ -6,9 +6,12 @@ import time
 from dataclasses import replace
 
 import httpx
+import llama_cpp
 import pytest
+from llama_cpp import _internals
 
 from inference.engine import Job, Outcome, Sampling, Token, get_engine
+from inference.engine.llama_runner import GreedyArgmax, LlamaRunner
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelPool
 from inference.engine.scheduler import QueueFull
@@ -56,14 +59,44 @@ async def run(engine: LocalEngine, spec: ModelSpec, job: Job) -> tuple[str, Outc
     raise AssertionError("no outcome")
 
 
-async def test_eight_concurrent_greedy_requests_match_the_same_eight_one_by_one(engine_for):
+# 1.1: llama.cpp's sampler chain (penalties, then greedy); 1.0: the numpy argmax fast path.
+@pytest.mark.parametrize("repeat_penalty", [1.1, 1.0])
+async def test_eight_concurrent_greedy_requests_match_the_same_eight_one_by_one(engine_for, repeat_penalty):
     engine, spec = engine_for(n_parallel=8)
-    alone = [await run(engine, spec, chat(spec, p)) for p in PROMPTS]
-    together = await asyncio.gather(*(run(engine, spec, chat(spec, p)) for p in PROMPTS))
+    alone = [await run(engine, spec, chat(spec, p, repeat_penalty=repeat_penalty)) for p in PROMPTS]
+    together = await asyncio.gather(*(run(engine, spec, chat(spec, p, repeat_penalty=repeat_penalty)) for p in PROMPTS))
     assert [text for text, _ in together] == [text for text, _ in alone]
     assert all(o.completion_tokens > 0 for _, o in together)
     stats = engine.pool.get(spec.model_id).worker.stats
     assert stats["batched_tokens"] > stats["steps"]  # some steps really carried several requests
+
+
+def test_greedy_argmax_picks_the_token_llama_cpp_greedy_picks(small_model):
+    runner = LlamaRunner(ModelSpec.from_model(small_model))
+    try:
+        bias = {**NO_EOS, 198: 2.5, 28: -3.0, runner.n_vocab + 7: 5.0}  # out of range: ignored by both
+        fast = runner.new_sampler(Sampling(temperature=0.0, repeat_penalty=1.0, logit_bias=bias), seed=1)
+        assert isinstance(fast, GreedyArgmax)
+        chain = _internals.LlamaSampler()
+        chain.add_logit_bias(runner.n_vocab, bias)
+        chain.add_greedy()
+        tokens = runner.model.tokenize(b"Once upon a time, in a quiet village,", add_bos=True, special=True)
+        batch = runner.batch.batch
+        picked = []
+        for step in range(32):
+            feed = tokens if step == 0 else picked[-1:]
+            start = len(tokens) + len(picked) - len(feed)
+            for i, token in enumerate(feed):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, start + i, 1
+                batch.seq_id[i][0], batch.logits[i] = 0, i == len(feed) - 1
+            batch.n_tokens = len(feed)
+            assert llama_cpp.llama_decode(runner.ctx.ctx, batch) == 0
+            ours, theirs = runner.sample(fast, len(feed) - 1), runner.sample(chain, len(feed) - 1)
+            assert ours == theirs, f"step {step}: argmax {ours}, llama.cpp greedy {theirs}"
+            picked.append(ours)
+        assert 198 in picked  # the boosted token shows up: the bias reached both samplers
+    finally:
+        runner.close()
 
 
 async def test_cancel_mid_generation_frees_the_slot_for_the_next_request(engine_for):

@@ -11,11 +11,13 @@ from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  #
 
 from inference.node import InferenceNodeConsumer  # noqa: E402
 from inference.origins import WebsocketOriginValidator  # noqa: E402
+from karen_host.api_handler import APIHandler, split_by_path  # noqa: E402
 from karen_host.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # The token APIs skip the admin's middleware (karen_host/api_handler.py says why).
+        "http": split_by_path(APIHandler(), django_asgi_app),
         "websocket": WebsocketOriginValidator(URLRouter(websocket_urlpatterns)),
         # `manage.py runworker inference`: this machine becomes an inference node.
         "channel": ChannelNameRouter({"inference": InferenceNodeConsumer.as_asgi()}),

@@ -11,8 +11,8 @@ runner uses (kv_unified = False); with a unified cache a lone request could grow
 For each concurrency level, CLIENTS threads pull from a queue of max(16, CLIENTS) requests (the 16
 fixed prompts in turn), each a streaming chat completion with greedy sampling and end-of-generation
 suppressed by logit_bias, so every request should produce exactly --tokens tokens; tokens are counted
-from the final usage chunk. The two servers never run at the same time; the order alternates per level
-and round. Per side and level: aggregate tokens/s (all completion tokens / wall time of the level),
+from the final usage chunk. The two servers never run at the same time; who goes first alternates per level
+and, for each level, per round. Per side and level: aggregate tokens/s (all completion tokens / wall time of the level),
 per-stream tokens/s (mean over requests of (tokens - 1) / time from first to last content chunk),
 time to first token p50/p95, errors and truncated requests (fewer than --tokens tokens), pooled over
 the rounds (3 by default: this machine's speed drifts by 5-10% within minutes), plus each round's own
@@ -269,11 +269,11 @@ def main() -> None:
                 warm = run_level(*target, clients=1, tokens=8)
                 if errors := [r["error"] for r in warm["runs"] if "error" in r]:
                     raise RuntimeError(f"{side} fails on warm-up: {errors[0]} (llama-server log: {LLAMA_SERVER_LOG})")
-            step = 0
-            for _ in range(args.rounds):
-                for clients in levels:
-                    order = ("theirs", "ours") if step % 2 == 0 else ("ours", "theirs")
-                    step += 1
+            for round_index in range(args.rounds):
+                for level_index, clients in enumerate(levels):
+                    # Who goes first alternates between levels and, for each level, between rounds.
+                    first_theirs = (round_index + level_index) % 2 == 0
+                    order = ("theirs", "ours") if first_theirs else ("ours", "theirs")
                     for side in order:
                         print(f"clients {clients}: {side} ...", flush=True)
                         raw[clients, side].append(run_level(*targets[side], clients=clients, tokens=args.tokens))

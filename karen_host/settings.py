@@ -156,6 +156,8 @@ DEFAULT_KEEP_ALIVE_S = env.float("DEFAULT_KEEP_ALIVE_S", default=300.0)  # negat
 DEFAULT_KEEP_ALIVE_S = None if DEFAULT_KEEP_ALIVE_S < 0 else DEFAULT_KEEP_ALIVE_S
 MAX_QUEUE = env.int("MAX_QUEUE", default=64)
 QUEUE_TIMEOUT_S = env.float("QUEUE_TIMEOUT_S", default=120.0)
+# Host memory per loaded model for the KV of conversations that had to leave their slot (0: off).
+PROMPT_CACHE_MB = env.float("PROMPT_CACHE_MB", default=1024.0)
 USAGE_STALE_AFTER_S = env.float("USAGE_STALE_AFTER_S", default=6 * 3600)  # a started row older is from a crash
 MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=8192)  # hard cap on any request's max_tokens
 AUTH_CACHE_TTL_S = env.float("AUTH_CACHE_TTL_S", default=5.0)  # revocation takes effect within this

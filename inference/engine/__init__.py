@@ -40,6 +40,7 @@ def get_engine() -> "LocalEngine | RemoteEngine":
                     default_keep_alive_s=settings.DEFAULT_KEEP_ALIVE_S,
                     max_queue=settings.MAX_QUEUE,
                     queue_timeout_s=settings.QUEUE_TIMEOUT_S,
+                    prompt_cache_mb=settings.PROMPT_CACHE_MB,
                     on_load_failed=_mark_invalid,
                 )
             )

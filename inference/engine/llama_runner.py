@@ -239,6 +239,21 @@ class LlamaRunner:
             cached = self._pieces[token] = buf.raw[:n]
         return cached
 
+    def save_sequence(self, seq_id: int) -> ctypes.Array | None:
+        """A copy of one sequence's KV state (llama.cpp's per-sequence format); None if it cannot be read."""
+        size = llama_cpp.llama_state_seq_get_size(self.ctx.ctx, seq_id)
+        state = (ctypes.c_ubyte * size)()
+        if llama_cpp.llama_state_seq_get_data(self.ctx.ctx, state, size, seq_id) != size:
+            return None
+        return state
+
+    def restore_sequence(self, seq_id: int, state: ctypes.Array) -> bool:
+        """Replace a sequence's KV with a saved state; False (and the sequence empty) if it did not fit."""
+        if llama_cpp.llama_state_seq_set_data(self.ctx.ctx, state, len(state), seq_id) != len(state):
+            self.forget(seq_id)
+            return False
+        return True
+
     def forget(self, seq_id: int, from_pos: int = 0) -> None:
         """Drop a slot's KV from `from_pos` on (0: all of it)."""
         llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq_id, from_pos, -1)

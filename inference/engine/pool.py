@@ -74,6 +74,7 @@ class ModelPool:
         default_keep_alive_s: float | None,
         max_queue: int,
         queue_timeout_s: float,
+        prompt_cache_mb: float = 0,
         on_load_failed: Callable[[str, str], None] | None = None,
         reap_interval_s: float = 0.5,
     ) -> None:
@@ -82,6 +83,7 @@ class ModelPool:
         self.default_keep_alive_s = default_keep_alive_s
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
+        self.prompt_cache_mb = prompt_cache_mb
         self.on_load_failed = on_load_failed
         self.stats = PoolStats()
         self._lock = threading.Lock()
@@ -194,7 +196,10 @@ class ModelPool:
         self.stats.loads += 1
         self.stats.load_ms[spec.model_id] = round(load_ms, 1)
         logger.info("loaded %s in %.0f ms", spec.model_id, load_ms)
-        worker = BatchScheduler(runner, max_queue=self.max_queue, queue_timeout_s=self.queue_timeout_s)
+        worker = BatchScheduler(
+            runner, max_queue=self.max_queue, queue_timeout_s=self.queue_timeout_s,
+            prompt_cache_mb=self.prompt_cache_mb,
+        )  # fmt: skip
         return LoadedModel(spec, runner, worker, load_ms, spec.estimated_mb(), keep_alive_s=self.default_keep_alive_s)
 
     def unload(self, model_id: str) -> bool:

@@ -4,7 +4,9 @@ Each step puts one token from every generating slot into a single batch, fills t
 rest with prompt chunks of newly admitted requests (chunked prefill, so a long prompt
 does not stall the others), decodes once, and samples each slot with its own sampler.
 A finished or cancelled slot is free at the next step. A new request takes the free
-slot whose cached tokens share the longest prefix with its prompt and reuses that KV.
+slot whose cached tokens share the longest prefix with its prompt and reuses that KV;
+a slot's KV that a new request would overwrite goes to the host-memory prompt cache
+(prompt_cache.py), from which a later request with a longer shared prefix restores it.
 
 Thread-safety: `submit` and the counters may be used from any thread; everything else
 runs on the scheduler's own thread, the only one that calls llama.cpp for this model.
@@ -24,8 +26,10 @@ import llama_cpp
 
 from inference.engine.jobs import Job, JobHandle, Outcome, Token, batched_handoffs
 from inference.engine.llama_runner import LlamaRunner, PromptError
+from inference.engine.prompt_cache import PromptCache, common_prefix
 
 logger = logging.getLogger(__name__)
+STASH_MIN_TOKENS = 8  # a slot about to lose fewer cached tokens than this is not copied out
 
 
 class QueueFull(Exception):
@@ -77,24 +81,28 @@ def _held_back(text: str, stops: list[str]) -> int:
     return longest
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class BatchScheduler:
     """Runs one model's requests in `n_parallel` slots on a dedicated thread."""
 
-    def __init__(self, runner: LlamaRunner, *, max_queue: int, queue_timeout_s: float) -> None:
+    def __init__(
+        self, runner: LlamaRunner, *, max_queue: int, queue_timeout_s: float, prompt_cache_mb: float = 0
+    ) -> None:
         self.runner = runner
         self.max_queue = max_queue
         self.queue_timeout_s = queue_timeout_s
         self.slots = [_Slot(i) for i in range(runner.n_parallel)]
-        self.stats = {"steps": 0, "batched_tokens": 0, "prefix_hits": 0, "prefix_tokens_reused": 0}
+        self.prompt_cache = PromptCache(int(prompt_cache_mb * 2**20))
+        self.stats = {
+            "steps": 0,
+            "batched_tokens": 0,
+            "prefix_hits": 0,
+            "prefix_tokens_reused": 0,
+            "prompt_cache_stored": 0,
+            "prompt_cache_hits": 0,
+            "prompt_cache_tokens_restored": 0,
+            "prompt_cache_entries": 0,
+            "prompt_cache_mb": 0.0,
+        }
         self._inbox: queue.Queue[_Item | None] = queue.Queue()
         self._waiting: deque[_Item] = deque()
         self._lock = threading.Lock()
@@ -224,14 +232,23 @@ class BatchScheduler:
         item.handle.push(outcome)
 
     def _admit(self) -> None:
-        """Give each waiting request (oldest first) the free slot with the longest shared prefix."""
+        """Give each waiting request (oldest first) the free slot with the longest shared prefix.
+
+        A longer prefix in the prompt cache is copied into a free slot first; a slot about to
+        lose tokens to a request that does not share them is copied into the prompt cache.
+        """
         while self._waiting:
             free = [slot for slot in self.slots if slot.request is None]
             if not free:
                 return
             item = self._waiting.popleft()
-            slot = max(free, key=lambda s: _common_prefix(s.cached, item.tokens))
-            keep = min(_common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
+            slot = max(free, key=lambda s: common_prefix(s.cached, item.tokens))
+            restored = self.prompt_cache.enabled and self._restore_if_longer(slot, free, item.tokens)
+            if restored:
+                slot = restored
+            keep = min(common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
+            if not restored:  # what a restored entry loses beyond the prompt left the cache with it, as in llama.cpp
+                self._stash(slot, keep)
             self.runner.forget(slot.seq_id, keep)
             slot.cached = slot.cached[:keep]
             if keep:
@@ -249,6 +266,44 @@ class BatchScheduler:
             with self._lock:
                 self.waiting -= 1
                 self.running += 1
+
+    def _restore_if_longer(self, slot: _Slot, free: list[_Slot], tokens: list[int]) -> _Slot | None:
+        """The free slot the prompt cache's match for `tokens` was copied into, if it beats `slot`'s; else None.
+
+        A restore copies the whole stored sequence, so it must save enough prompt to pay
+        for itself: at least 4 tokens and a 64th of the stored length.
+        """
+        entry, length = self.prompt_cache.best(tokens)
+        limit = len(tokens) - 1
+        gain = min(length, limit) - min(common_prefix(slot.cached, tokens), limit)
+        if entry is None or gain < max(4, len(entry.tokens) // 64):
+            return None
+        target = next((s for s in free if not s.cached), slot)  # an empty slot loses nothing
+        self._stash(target, 0)
+        self.prompt_cache.take(entry)
+        restored = self.runner.restore_sequence(target.seq_id, entry.state)
+        target.cached = entry.tokens if restored else []
+        self._count_cache()
+        if not restored:
+            logger.warning("could not restore a cached prompt of %d tokens", len(entry.tokens))
+            return None
+        self.stats["prompt_cache_hits"] += 1
+        self.stats["prompt_cache_tokens_restored"] += min(length, limit)
+        return target
+
+    def _stash(self, slot: _Slot, keep: int) -> None:
+        """Copy a slot's sequence into the prompt cache before it loses all but `keep` of its tokens."""
+        cache = self.prompt_cache
+        if not cache.enabled or len(slot.cached) - keep < STASH_MIN_TOKENS or cache.covers(slot.cached):
+            return
+        state = self.runner.save_sequence(slot.seq_id)
+        if state is not None and cache.put(slot.cached, state):
+            self.stats["prompt_cache_stored"] += 1
+        self._count_cache()
+
+    def _count_cache(self) -> None:
+        self.stats["prompt_cache_entries"] = len(self.prompt_cache)
+        self.stats["prompt_cache_mb"] = round(self.prompt_cache.bytes / 2**20, 1)
 
     def _step(self, active: list[_Slot]) -> None:
         """One decode call for every active slot, then one sampled token for each that is ready."""

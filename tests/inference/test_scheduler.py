@@ -29,11 +29,11 @@ PROMPTS = [
 def engine_for(small_model):
     engines = []
 
-    def build(*, n_parallel: int = 8, max_queue: int = 64) -> tuple[LocalEngine, ModelSpec]:
+    def build(*, n_parallel: int = 8, max_queue: int = 64, prompt_cache_mb: float = 0) -> tuple[LocalEngine, ModelSpec]:
         spec = ModelSpec.from_model(small_model)
         spec = replace(spec, llama_kwargs={**spec.llama_kwargs, "n_parallel": n_parallel, "n_ctx": 4096})
         pool = ModelPool(max_loaded=1, budget_mb=10_000, default_keep_alive_s=None, max_queue=max_queue,
-                         queue_timeout_s=60)  # fmt: skip
+                         queue_timeout_s=60, prompt_cache_mb=prompt_cache_mb)  # fmt: skip
         engines.append(pool)
         return LocalEngine(pool), spec
 
@@ -69,6 +69,56 @@ async def test_eight_concurrent_greedy_requests_match_the_same_eight_one_by_one(
     assert all(o.completion_tokens > 0 for _, o in together)
     stats = engine.pool.get(spec.model_id).worker.stats
     assert stats["batched_tokens"] > stats["steps"]  # some steps really carried several requests
+
+
+async def test_with_the_prompt_cache_batched_results_still_match_one_by_one(engine_for):
+    # A prompt restored from the cache has only its last token decoded anew, where a fresh prompt is
+    # computed in one piece; like llama.cpp's server (cache_prompt), a near-tie can then go the other
+    # way, so the equality holds between runs that find the same cache state: here every prompt is
+    # cached by a first pass, then runs alone and together on its cached KV.
+    engine, spec = engine_for(n_parallel=8, prompt_cache_mb=64)
+    for p in PROMPTS:
+        await run(engine, spec, chat(spec, p))
+    alone = [await run(engine, spec, chat(spec, p)) for p in PROMPTS]
+    together = await asyncio.gather(*(run(engine, spec, chat(spec, p)) for p in PROMPTS))
+    assert [text for text, _ in together] == [text for text, _ in alone]
+    stats = engine.pool.get(spec.model_id).worker.stats
+    assert stats["prompt_cache_hits"] >= len(PROMPTS) - 1  # the one-by-one pass restored all but the last
+
+
+async def test_a_prompt_that_lost_its_slot_comes_back_from_the_prompt_cache(engine_for):
+    engine, spec = engine_for(n_parallel=1, prompt_cache_mb=64)
+    worker_of = lambda: engine.pool.get(spec.model_id).worker  # noqa: E731
+    first = await run(engine, spec, chat(spec, "Tell me about rivers."))
+    await run(engine, spec, chat(spec, "Describe a cat."))  # takes the only slot: the river prompt is stored
+    stats = worker_of().stats
+    assert stats["prompt_cache_stored"] == 1 and stats["prompt_cache_entries"] == 1 and stats["prompt_cache_mb"] > 0
+    again = await run(engine, spec, chat(spec, "Tell me about rivers."))
+    assert again[0] == first[0]  # restored KV gives the same greedy text
+    assert stats["prompt_cache_hits"] == 1
+    assert stats["prompt_cache_tokens_restored"] == first[1].prompt_tokens - 1  # all but the token decoded anew
+    assert stats["prompt_cache_stored"] == 2 and stats["prompt_cache_entries"] == 1  # the cat left as rivers came
+
+
+async def test_the_next_turn_of_a_conversation_restores_the_previous_turn_and_its_answer(engine_for):
+    engine, spec = engine_for(n_parallel=1, prompt_cache_mb=64)
+    turn = [{"role": "user", "content": "Tell me about rivers."}]
+    answer, first = await run(engine, spec, replace(chat(spec, "", max_tokens=24), messages=turn))
+    await run(engine, spec, chat(spec, "Describe a cat."))  # another conversation takes the slot
+    follow_up = [*turn, {"role": "assistant", "content": answer}, {"role": "user", "content": "Which is longest?"}]
+    _, second = await run(engine, spec, replace(chat(spec, "", max_tokens=4), messages=follow_up))
+    stats = engine.pool.get(spec.model_id).worker.stats
+    assert stats["prompt_cache_hits"] == 1
+    assert stats["prompt_cache_tokens_restored"] > first.prompt_tokens  # the question and (part of) the answer
+    assert second.status == "completed"
+
+
+async def test_no_prompt_cache_keeps_nothing(engine_for):
+    engine, spec = engine_for(n_parallel=1, prompt_cache_mb=0)
+    for prompt in ("Tell me about rivers.", "Describe a cat.", "Tell me about rivers."):
+        await run(engine, spec, chat(spec, prompt, max_tokens=4))
+    stats = engine.pool.get(spec.model_id).worker.stats
+    assert stats["prompt_cache_stored"] == stats["prompt_cache_hits"] == stats["prompt_cache_entries"] == 0
 
 
 def test_greedy_argmax_picks_the_token_llama_cpp_greedy_picks(small_model):

@@ -1,0 +1,59 @@
+"""The prompt cache's bookkeeping: longest match, byte limit, redundant prefixes (no model needed)."""
+
+import ctypes
+
+from inference.engine.prompt_cache import PromptCache, common_prefix
+
+
+def state(n: int) -> ctypes.Array:
+    return (ctypes.c_ubyte * n)()
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([5], [1]) == 0
+
+
+def test_best_is_the_longest_shared_prefix():
+    cache = PromptCache(1000)
+    cache.put([1, 2, 3, 4], state(10))
+    cache.put([1, 2, 9, 9, 9], state(10))
+    cache.put([7, 2, 3, 4], state(10))
+    entry, length = cache.best([1, 2, 3, 5])
+    assert entry.tokens == [1, 2, 3, 4] and length == 3
+    assert cache.best([8, 8]) == (None, 0)
+
+
+def test_the_oldest_entries_leave_first_past_the_byte_limit():
+    cache = PromptCache(25)
+    cache.put([1, 1], state(10))
+    cache.put([2, 2], state(10))
+    cache.put([3, 3], state(10))  # 30 bytes would not fit: [1, 1] goes
+    assert len(cache) == 2 and cache.bytes == 20
+    assert cache.best([1, 1]) == (None, 0)
+    assert cache.best([3, 3])[1] == 2
+
+
+def test_an_entry_over_the_whole_limit_is_refused_and_evicts_nothing():
+    cache = PromptCache(25)
+    cache.put([1, 1], state(10))
+    assert not cache.put([2, 2], state(26))
+    assert len(cache) == 1 and cache.bytes == 10
+
+
+def test_a_longer_sequence_replaces_its_stored_prefixes():
+    cache = PromptCache(1000)
+    cache.put([1, 2], state(10))
+    cache.put([1, 2, 3], state(10))
+    assert len(cache) == 1 and cache.covers([1, 2]) and cache.covers([1, 2, 3]) and not cache.covers([1, 2, 4])
+
+
+def test_take_removes_the_entry_being_restored():
+    cache = PromptCache(1000)
+    cache.put([1, 2], state(10))
+    entry, _ = cache.best([1, 2])
+    cache.take(entry)
+    assert len(cache) == 0 and cache.bytes == 0
+    assert not PromptCache(0).enabled

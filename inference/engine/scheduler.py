@@ -97,6 +97,7 @@ class BatchScheduler:
             "batched_tokens": 0,
             "prefix_hits": 0,
             "prefix_tokens_reused": 0,
+            "slot_copies": 0,
             "prompt_cache_stored": 0,
             "prompt_cache_hits": 0,
             "prompt_cache_tokens_restored": 0,
@@ -232,9 +233,12 @@ class BatchScheduler:
         item.handle.push(outcome)
 
     def _admit(self) -> None:
-        """Give each waiting request (oldest first) the free slot with the longest shared prefix.
+        """Give each waiting request (oldest first) the lowest free slot, with the longest prefix at hand.
 
-        A longer prefix in the prompt cache is copied into a free slot first; a slot about to
+        Always the lowest: llama.cpp decodes only consecutive sequences of a per-slot KV cache
+        in one ubatch, so requests in slots 0 and 2 cost two passes over the weights per step
+        where slots 0 and 1 cost one. The prefix comes from the slot itself, from another free
+        slot or from the prompt cache, whichever shares most of the prompt; a slot about to
         lose tokens to a request that does not share them is copied into the prompt cache.
         """
         while self._waiting:
@@ -242,12 +246,10 @@ class BatchScheduler:
             if not free:
                 return
             item = self._waiting.popleft()
-            slot = max(free, key=lambda s: common_prefix(s.cached, item.tokens))
-            restored = self.prompt_cache.enabled and self._restore_if_longer(slot, free, item.tokens)
-            if restored:
-                slot = restored
+            slot = free[0]
+            moved = self._bring_longest_prefix(slot, free[1:], item.tokens)
             keep = min(common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
-            if not restored:  # what a restored entry loses beyond the prompt left the cache with it, as in llama.cpp
+            if not moved:  # what a restored entry loses beyond the prompt left the cache with it, as in llama.cpp
                 self._stash(slot, keep)
             self.runner.forget(slot.seq_id, keep)
             slot.cached = slot.cached[:keep]
@@ -267,29 +269,45 @@ class BatchScheduler:
                 self.waiting -= 1
                 self.running += 1
 
-    def _restore_if_longer(self, slot: _Slot, free: list[_Slot], tokens: list[int]) -> _Slot | None:
-        """The free slot the prompt cache's match for `tokens` was copied into, if it beats `slot`'s; else None.
+    def _bring_longest_prefix(self, slot: _Slot, others: list[_Slot], tokens: list[int]) -> bool:
+        """Copy into `slot` the KV of another free slot or a cached prompt sharing more of `tokens`.
 
-        A restore copies the whole stored sequence, so it must save enough prompt to pay
-        for itself: at least 4 tokens and a 64th of the stored length.
+        A copy moves the whole stored sequence, so it must save enough prefill to pay for
+        itself: at least 4 tokens and a 64th of the copied length. True if one was copied.
         """
-        entry, length = self.prompt_cache.best(tokens)
         limit = len(tokens) - 1
-        gain = min(length, limit) - min(common_prefix(slot.cached, tokens), limit)
-        if entry is None or gain < max(4, len(entry.tokens) // 64):
-            return None
-        target = next((s for s in free if not s.cached), slot)  # an empty slot loses nothing
-        self._stash(target, 0)
-        self.prompt_cache.take(entry)
-        restored = self.runner.restore_sequence(target.seq_id, entry.state)
-        target.cached = entry.tokens if restored else []
+        have = min(common_prefix(slot.cached, tokens), limit)
+        donor = max(others, key=lambda s: common_prefix(s.cached, tokens), default=None)
+        donor_len = min(common_prefix(donor.cached, tokens), limit) if donor else 0
+        entry, entry_len = self.prompt_cache.best(tokens) if self.prompt_cache.enabled else (None, 0)
+        entry_len = min(entry_len, limit)
+        from_cache = entry is not None and entry_len >= donor_len
+        if from_cache:
+            source_tokens, gain = entry.tokens, entry_len - have
+        elif donor is not None:
+            source_tokens, gain = donor.cached, donor_len - have
+        else:
+            return False
+        if gain < max(4, len(source_tokens) // 64):
+            return False
+        state = entry.state if from_cache else self.runner.save_sequence(donor.seq_id)  # the donor keeps its own
+        if state is None:
+            return False
+        self._stash(slot, 0)
+        if from_cache:
+            self.prompt_cache.take(entry)
+        restored = self.runner.restore_sequence(slot.seq_id, state)
+        slot.cached = list(source_tokens) if restored else []
         self._count_cache()
         if not restored:
-            logger.warning("could not restore a cached prompt of %d tokens", len(entry.tokens))
-            return None
-        self.stats["prompt_cache_hits"] += 1
-        self.stats["prompt_cache_tokens_restored"] += min(length, limit)
-        return target
+            logger.warning("could not copy a prompt of %d tokens into slot %d", len(source_tokens), slot.seq_id)
+            return False
+        if from_cache:
+            self.stats["prompt_cache_hits"] += 1
+            self.stats["prompt_cache_tokens_restored"] += entry_len
+        else:
+            self.stats["slot_copies"] += 1
+        return True
 
     def _stash(self, slot: _Slot, keep: int) -> None:
         """Copy a slot's sequence into the prompt cache before it loses all but `keep` of its tokens."""

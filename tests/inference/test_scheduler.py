@@ -222,3 +222,22 @@ async def test_a_batch_smaller_than_the_slot_count_still_serves_every_slot(small
         assert all(outcome.status == "completed" and text for text, outcome in results)
     finally:
         pool.close()
+
+
+async def test_requests_take_the_lowest_free_slots_and_a_free_slots_kv_is_copied_where_needed(engine_for):
+    # llama.cpp decodes a per-slot KV cache's sequences in one ubatch only when their ids are
+    # consecutive: requests must sit in slots 0..k-1, never spread out.
+    engine, spec = engine_for(n_parallel=4, prompt_cache_mb=0)
+    jobs = [chat(spec, "Describe a cat."), chat(spec, "Tell me about rivers.")]
+    results = await asyncio.gather(*(run(engine, spec, job) for job in jobs))
+    worker = engine.pool.get(spec.model_id).worker
+    assert [bool(slot.cached) for slot in worker.slots] == [True, True, False, False]
+    # The request that ran in slot 1 comes again: it goes to slot 0, with slot 1's KV copied there.
+    in_slot_1 = next(
+        i for i, job in enumerate(jobs) if worker.slots[1].cached[: results[i][1].prompt_tokens]
+        == worker.runner.tokenize_prompt(job)
+    )  # fmt: skip
+    again = await run(engine, spec, chat(spec, jobs[in_slot_1].messages[0]["content"]))
+    assert worker.stats["slot_copies"] == 1
+    assert again[0] == results[in_slot_1][0]
+    assert [bool(slot.cached) for slot in worker.slots] == [True, True, False, False]

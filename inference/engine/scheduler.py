@@ -3,10 +3,10 @@
 Each step puts one token from every generating slot into a single batch, fills the
 rest with prompt chunks of newly admitted requests (chunked prefill, so a long prompt
 does not stall the others), decodes once, and samples each slot with its own sampler.
-A finished or cancelled slot is free at the next step. A new request takes the free
-slot whose cached tokens share the longest prefix with its prompt and reuses that KV;
-a slot's KV that a new request would overwrite goes to the host-memory prompt cache
-(prompt_cache.py), from which a later request with a longer shared prefix restores it.
+A finished or cancelled slot is free at the next step. A new request takes the lowest
+free slot (so the busy slots stay consecutive, see `_admit`) and reuses the longest KV
+prefix at hand: the slot's own, another free slot's, or the host-memory prompt cache's
+(prompt_cache.py), where a slot's KV goes before a new request overwrites it.
 
 Thread-safety: `submit` and the counters may be used from any thread; everything else
 runs on the scheduler's own thread, the only one that calls llama.cpp for this model.
@@ -249,7 +249,9 @@ class BatchScheduler:
             slot = free[0]
             moved = self._bring_longest_prefix(slot, free[1:], item.tokens)
             keep = min(common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
-            if not moved:  # what a restored entry loses beyond the prompt left the cache with it, as in llama.cpp
+            # A copied-in sequence's tail is not stored again: the donor slot still holds it, or
+            # the cache entry gave it up on restore, as in llama.cpp's server.
+            if not moved:
                 self._stash(slot, keep)
             self.runner.forget(slot.seq_id, keep)
             slot.cached = slot.cached[:keep]

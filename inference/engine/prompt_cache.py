@@ -9,12 +9,21 @@ with a stored sequence than with any free slot gets it copied back into a slot
 instead of recomputing it. As in llama.cpp's server (`--cache-ram`), an entry moves
 back into the slot it is restored to; the oldest entries go first past the byte limit.
 
-Used by one scheduler thread only; not thread-safe.
+`PrefixReuse` is the scheduler's policy over it: where a newly admitted request's KV
+prefix comes from (its slot, another free slot, or this cache) and when a slot is copied
+out. Used by one scheduler thread only; not thread-safe.
 """
 
 import ctypes
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Protocol
+
+from inference.engine.llama_runner import LlamaRunner
+
+logger = logging.getLogger(__name__)
+STASH_MIN_TOKENS = 8  # a slot about to lose fewer cached tokens than this is not copied out
 
 
 @dataclass(eq=False)
@@ -80,11 +89,79 @@ class PromptCache:
         """Remove an entry that is being restored into a slot."""
         self._drop(id(entry))
 
-    def clear(self) -> None:
-        self._entries.clear()
-        self.bytes = 0
-
     def _drop(self, key: int) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.bytes -= len(entry.state)
+
+
+class KVSlot(Protocol):
+    seq_id: int
+    cached: list[int]  # tokens whose KV the slot's sequence holds
+
+
+class PrefixReuse:
+    """Brings the longest available KV prefix into a slot; copies slots out before they are overwritten.
+
+    Counts into `stats` (the scheduler's): slot_copies, prompt_cache_stored, _hits,
+    _tokens_restored, _entries and _mb.
+    """
+
+    def __init__(self, runner: LlamaRunner, cache: PromptCache, stats: dict[str, float]) -> None:
+        self.runner, self.cache, self.stats = runner, cache, stats
+
+    def bring_longest(self, slot: KVSlot, others: list[KVSlot], tokens: list[int]) -> bool:
+        """Copy into `slot` the KV of another free slot or a cached prompt sharing more of `tokens`.
+
+        A copy moves the whole stored sequence, so it must save enough prefill to pay for
+        itself: at least 4 tokens and a 64th of the copied length. True if one was copied.
+        """
+        limit = len(tokens) - 1  # at least one prompt token is always decoded anew
+        have = min(common_prefix(slot.cached, tokens), limit)
+        donor_len, donor = max(
+            ((common_prefix(s.cached, tokens), s) for s in others), key=lambda pair: pair[0], default=(0, None)
+        )
+        donor_len = min(donor_len, limit)
+        entry, entry_len = self.cache.best(tokens) if self.cache.enabled else (None, 0)
+        entry_len = min(entry_len, limit)
+        from_cache = entry is not None and entry_len >= donor_len
+        if from_cache:
+            source_tokens, gain = entry.tokens, entry_len - have
+        elif donor is not None:
+            source_tokens, gain = donor.cached, donor_len - have
+        else:
+            return False
+        if gain < max(4, len(source_tokens) // 64):
+            return False
+        state = entry.state if from_cache else self.runner.save_sequence(donor.seq_id)  # the donor keeps its own
+        if state is None:
+            return False
+        self.stash(slot, 0)
+        if from_cache:
+            self.cache.take(entry)
+        restored = self.runner.restore_sequence(slot.seq_id, state)
+        slot.cached = list(source_tokens) if restored else []
+        self._count_cache()
+        if not restored:
+            logger.warning("could not copy a prompt of %d tokens into slot %d", len(source_tokens), slot.seq_id)
+            return False
+        if from_cache:
+            self.stats["prompt_cache_hits"] += 1
+            self.stats["prompt_cache_tokens_restored"] += entry_len
+        else:
+            self.stats["slot_copies"] += 1
+        return True
+
+    def stash(self, slot: KVSlot, keep: int) -> None:
+        """Copy a slot's sequence into the prompt cache before it loses all but `keep` of its tokens."""
+        cache = self.cache
+        if not cache.enabled or len(slot.cached) - keep < STASH_MIN_TOKENS or cache.covers(slot.cached):
+            return
+        state = self.runner.save_sequence(slot.seq_id)
+        if state is not None and cache.put(slot.cached, state):
+            self.stats["prompt_cache_stored"] += 1
+        self._count_cache()
+
+    def _count_cache(self) -> None:
+        self.stats["prompt_cache_entries"] = len(self.cache)
+        self.stats["prompt_cache_mb"] = round(self.cache.bytes / 2**20, 1)

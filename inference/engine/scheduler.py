@@ -26,10 +26,9 @@ import llama_cpp
 
 from inference.engine.jobs import Job, JobHandle, Outcome, Token, batched_handoffs
 from inference.engine.llama_runner import LlamaRunner, PromptError
-from inference.engine.prompt_cache import PromptCache, common_prefix
+from inference.engine.prompt_cache import PrefixReuse, PromptCache, common_prefix
 
 logger = logging.getLogger(__name__)
-STASH_MIN_TOKENS = 8  # a slot about to lose fewer cached tokens than this is not copied out
 
 
 class QueueFull(Exception):
@@ -104,6 +103,7 @@ class BatchScheduler:
             "prompt_cache_entries": 0,
             "prompt_cache_mb": 0.0,
         }
+        self._reuse = PrefixReuse(runner, self.prompt_cache, self.stats)
         self._inbox: queue.Queue[_Item | None] = queue.Queue()
         self._waiting: deque[_Item] = deque()
         self._lock = threading.Lock()
@@ -247,12 +247,12 @@ class BatchScheduler:
                 return
             item = self._waiting.popleft()
             slot = free[0]
-            moved = self._bring_longest_prefix(slot, free[1:], item.tokens)
+            moved = self._reuse.bring_longest(slot, free[1:], item.tokens)
             keep = min(common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
             # A copied-in sequence's tail is not stored again: the donor slot still holds it, or
             # the cache entry gave it up on restore, as in llama.cpp's server.
             if not moved:
-                self._stash(slot, keep)
+                self._reuse.stash(slot, keep)
             self.runner.forget(slot.seq_id, keep)
             slot.cached = slot.cached[:keep]
             if keep:
@@ -270,60 +270,6 @@ class BatchScheduler:
             with self._lock:
                 self.waiting -= 1
                 self.running += 1
-
-    def _bring_longest_prefix(self, slot: _Slot, others: list[_Slot], tokens: list[int]) -> bool:
-        """Copy into `slot` the KV of another free slot or a cached prompt sharing more of `tokens`.
-
-        A copy moves the whole stored sequence, so it must save enough prefill to pay for
-        itself: at least 4 tokens and a 64th of the copied length. True if one was copied.
-        """
-        limit = len(tokens) - 1
-        have = min(common_prefix(slot.cached, tokens), limit)
-        donor = max(others, key=lambda s: common_prefix(s.cached, tokens), default=None)
-        donor_len = min(common_prefix(donor.cached, tokens), limit) if donor else 0
-        entry, entry_len = self.prompt_cache.best(tokens) if self.prompt_cache.enabled else (None, 0)
-        entry_len = min(entry_len, limit)
-        from_cache = entry is not None and entry_len >= donor_len
-        if from_cache:
-            source_tokens, gain = entry.tokens, entry_len - have
-        elif donor is not None:
-            source_tokens, gain = donor.cached, donor_len - have
-        else:
-            return False
-        if gain < max(4, len(source_tokens) // 64):
-            return False
-        state = entry.state if from_cache else self.runner.save_sequence(donor.seq_id)  # the donor keeps its own
-        if state is None:
-            return False
-        self._stash(slot, 0)
-        if from_cache:
-            self.prompt_cache.take(entry)
-        restored = self.runner.restore_sequence(slot.seq_id, state)
-        slot.cached = list(source_tokens) if restored else []
-        self._count_cache()
-        if not restored:
-            logger.warning("could not copy a prompt of %d tokens into slot %d", len(source_tokens), slot.seq_id)
-            return False
-        if from_cache:
-            self.stats["prompt_cache_hits"] += 1
-            self.stats["prompt_cache_tokens_restored"] += entry_len
-        else:
-            self.stats["slot_copies"] += 1
-        return True
-
-    def _stash(self, slot: _Slot, keep: int) -> None:
-        """Copy a slot's sequence into the prompt cache before it loses all but `keep` of its tokens."""
-        cache = self.prompt_cache
-        if not cache.enabled or len(slot.cached) - keep < STASH_MIN_TOKENS or cache.covers(slot.cached):
-            return
-        state = self.runner.save_sequence(slot.seq_id)
-        if state is not None and cache.put(slot.cached, state):
-            self.stats["prompt_cache_stored"] += 1
-        self._count_cache()
-
-    def _count_cache(self) -> None:
-        self.stats["prompt_cache_entries"] = len(self.prompt_cache)
-        self.stats["prompt_cache_mb"] = round(self.prompt_cache.bytes / 2**20, 1)
 
     def _step(self, active: list[_Slot]) -> None:
         """One decode call for every active slot, then one sampled token for each that is ready."""

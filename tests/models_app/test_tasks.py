@@ -53,8 +53,14 @@ def test_scheduled_scan_registers_a_dropped_in_gguf(worker, worker_models_dir, b
         worker=worker,
     )
     assert model.sha256 and model.architecture == "llama"
-    scans = TaskResult.objects.filter(task_name="models_app.tasks.scan_models", status="SUCCESS")
-    assert any('"dropped-in"' in scan.result for scan in scans)
+
+    def reported() -> TaskResult | None:
+        # The scan commits the model row before it returns, and the worker stores the task's
+        # result only after that, so the result row can lag the model row by a moment.
+        scans = TaskResult.objects.filter(task_name="models_app.tasks.scan_models", status="SUCCESS")
+        return next((scan for scan in scans if '"dropped-in"' in scan.result), None)
+
+    wait_for(reported, timeout=30, what="the scan's stored result to name dropped-in", worker=worker)
 
 
 def test_preload_makes_the_live_server_report_the_model_loaded(worker, service_token, live, fresh_engine):

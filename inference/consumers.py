@@ -24,8 +24,10 @@ from inference.api.errors import (
 from inference.api.ws_schemas import PROTOCOL, CancelFrame, GenerateFrame
 from inference.auth import Principal, principal_for
 from inference.engine import JobHandle, Outcome
+from inference.metering import counters
 
 CLOSE_UNAUTHENTICATED = 4401
+WS_ROUTE = "/ws/v1/generate"  # the refusal counters' label for error frames
 
 
 def _bearer(scope: dict[str, Any]) -> str | None:
@@ -161,7 +163,9 @@ class GenerateConsumer(AsyncWebsocketConsumer):
                 if isinstance(event, Outcome):
                     if too_slow:
                         message = "The client read too slowly; the generation was stopped."
-                        await self._error(frame_id, Unavailable(message, code="slow_consumer"))
+                        error = Unavailable(message, code="slow_consumer")
+                        error.admitted = True  # its usage row is closed as cancelled
+                        await self._error(frame_id, error)
                     else:
                         await self._finish(frame_id, event)
                     return
@@ -183,6 +187,8 @@ class GenerateConsumer(AsyncWebsocketConsumer):
             await self._error(frame_id, flow.outcome_error(outcome))
 
     async def _error(self, frame_id: str | None, error: APIError) -> None:
+        if not error.admitted:
+            counters.count_rejected(WS_ROUTE, error.status)
         body = {"message": str(error), "type": error.error_type, "param": error.param, "code": error.code}
         await self.send_json({"type": "error", "id": frame_id, "error": body})
 

@@ -13,8 +13,10 @@ from ninja.errors import ValidationError as NinjaValidationError
 from inference.engine.llama_runner import PromptError
 from inference.engine.pool import ModelBusy, ModelLoadFailed, NoRoom
 from inference.engine.scheduler import QueueFull
+from inference.metering import counters
 
 logger = logging.getLogger(__name__)
+REQUEST_ID_HEADER = "X-Request-Id"  # names the request's usage row
 
 
 class APIError(Exception):
@@ -22,6 +24,8 @@ class APIError(Exception):
 
     status = 400
     error_type = "invalid_request_error"
+    admitted = False  # True for a request that reached the engine (billed, counted as finished)
+    request_id: str | None = None  # its usage row, for the X-Request-Id header
 
     def __init__(
         self, message: str, *, param: str | None = None, code: str | None = None, retry_after: int | None = None
@@ -74,6 +78,8 @@ def error_response(exc: APIError) -> JsonResponse:
     response = JsonResponse(error_body(str(exc), exc.error_type, exc.param, exc.code), status=exc.status)
     if exc.retry_after is not None:
         response["Retry-After"] = str(exc.retry_after)
+    if exc.request_id:
+        response[REQUEST_ID_HEADER] = exc.request_id
     return response
 
 
@@ -115,28 +121,40 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | 
     return (f"Invalid '{param}': {message}." if param else f"Invalid request: {message}."), param
 
 
+def route_of(request: HttpRequest) -> str:
+    """The URL pattern a request matched ("/models/unload/<model_id>"): a bounded metrics label."""
+    match = getattr(request, "resolver_match", None)
+    return f"/{match.route}" if match is not None and match.route else "unmatched"
+
+
+def refuse(request: HttpRequest, error: APIError) -> JsonResponse:
+    """Render `error`, counting it as a refusal unless the request was admitted (then it is a finished one)."""
+    if not error.admitted:
+        counters.count_rejected(route_of(request), error.status)
+    return error_response(error)
+
+
 def install_error_handlers(api: NinjaAPI) -> None:
     """Make every failure on `api` an OpenAI-shaped error; never a bare 500 for bad input."""
 
     @api.exception_handler(NinjaValidationError)
     def _validation(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
         message, param = describe_validation_error(list(exc.errors))
-        return error_response(InvalidRequest(message, param=param, code="invalid_value"))
+        return refuse(request, InvalidRequest(message, param=param, code="invalid_value"))
 
     @api.exception_handler(NinjaAuthenticationError)
     def _unauthenticated(request: HttpRequest, exc: NinjaAuthenticationError) -> HttpResponse:
-        return error_response(
-            AuthenticationFailed("Missing bearer token: send 'Authorization: Bearer khk_...'.", code="missing_token")
-        )
+        message = "Missing bearer token: send 'Authorization: Bearer khk_...'."
+        return refuse(request, AuthenticationFailed(message, code="missing_token"))
 
     @api.exception_handler(HttpError)
     def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         if exc.status_code == 400 and "parse request body" in exc.message:
-            return error_response(InvalidRequest("Request body is not valid JSON.", code="invalid_json"))
+            return refuse(request, InvalidRequest("Request body is not valid JSON.", code="invalid_json"))
         error = APIError(exc.message)
         error.status = exc.status_code
-        return error_response(error)
+        return refuse(request, error)
 
     @api.exception_handler(Exception)
     def _any(request: HttpRequest, exc: Exception) -> HttpResponse:
-        return error_response(as_api_error(exc))
+        return refuse(request, as_api_error(exc))

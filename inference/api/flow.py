@@ -13,15 +13,21 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, StreamingHttpResponse
 
-from inference.api.errors import APIError, InvalidRequest, NotFound, ServerError, Unavailable, as_api_error
+from inference.api.errors import (
+    REQUEST_ID_HEADER,
+    APIError,
+    InvalidRequest,
+    NotFound,
+    ServerError,
+    Unavailable,
+    as_api_error,
+)
 from inference.api.schemas import SamplingParams, parse_keep_alive
 from inference.auth import Principal
 from inference.engine import Job, JobHandle, Outcome, Sampling, Token, get_engine
 from inference.engine.spec import ModelSpec
-from inference.metering import Meter, counters
+from inference.metering import Meter
 from models_app.selectors import resolve_model
-
-REQUEST_ID_HEADER = "X-Request-Id"
 
 
 def new_request_id() -> str:
@@ -80,23 +86,27 @@ async def submit(
     try:
         return await get_engine().submit(spec, job, on_admit=meter.admit, on_outcome=meter.finalize)
     except Exception as exc:
-        error = as_api_error(exc)
-        counters.count_rejected(endpoint, error.status)
-        raise error from exc
+        raise as_api_error(exc) from exc  # counted as a refusal where it is answered
 
 
-def outcome_error(outcome: Outcome) -> APIError:
-    """The APIError for a job that ended in error or timeout."""
+def outcome_error(outcome: Outcome, request_id: str | None = None) -> APIError:
+    """The APIError for a job that ended in error or timeout (admitted: its ending is already counted).
+
+    `request_id` names its usage row in the error response's X-Request-Id header.
+    """
     if outcome.error_code in ("context_length_exceeded", "chat_template_error", "empty_prompt"):
-        return InvalidRequest(outcome.error, code=outcome.error_code)
-    if outcome.status == "timeout":
-        return Unavailable(outcome.error, code=outcome.error_code or "timeout", retry_after=5)
-    if outcome.status == "cancelled":
-        return Unavailable(outcome.error or "The request was cancelled.", code="cancelled")
-    return ServerError(outcome.error or "Generation failed.", code=outcome.error_code or "engine_error")
+        error: APIError = InvalidRequest(outcome.error, code=outcome.error_code)
+    elif outcome.status == "timeout":
+        error = Unavailable(outcome.error, code=outcome.error_code or "timeout", retry_after=5)
+    elif outcome.status == "cancelled":
+        error = Unavailable(outcome.error or "The request was cancelled.", code="cancelled")
+    else:
+        error = ServerError(outcome.error or "Generation failed.", code=outcome.error_code or "engine_error")
+    error.admitted, error.request_id = True, request_id
+    return error
 
 
-async def first_event(handle: JobHandle) -> tuple[Token | None, AsyncIterator[Token | Outcome]]:
+async def first_event(handle: JobHandle, request_id: str) -> tuple[Token | None, AsyncIterator[Token | Outcome]]:
     """Wait for the first token so that a job failing before it can still get a status code.
 
     Returns (first token or None if the job ended at once, the remaining events).
@@ -109,7 +119,7 @@ async def first_event(handle: JobHandle) -> tuple[Token | None, AsyncIterator[To
         raise
     if isinstance(event, Outcome):
         if event.status != "completed":
-            raise outcome_error(event)
+            raise outcome_error(event, request_id)
 
         async def ended() -> AsyncIterator[Token | Outcome]:
             yield event
@@ -118,7 +128,7 @@ async def first_event(handle: JobHandle) -> tuple[Token | None, AsyncIterator[To
     return event, events
 
 
-async def collect(handle: JobHandle) -> tuple[str, Outcome]:
+async def collect(handle: JobHandle, request_id: str) -> tuple[str, Outcome]:
     """Run a job to its end for a non-streaming reply; cancel it if the caller goes away."""
     parts: list[str] = []
     try:
@@ -127,7 +137,7 @@ async def collect(handle: JobHandle) -> tuple[str, Outcome]:
                 parts.append(event.text)
             else:
                 if event.status != "completed":
-                    raise outcome_error(event)
+                    raise outcome_error(event, request_id)
                 return "".join(parts), event
     finally:
         if not handle.outcome.done():

@@ -16,6 +16,7 @@ from ninja import Router, Status
 import karen_host
 from inference.api import flow
 from inference.api.errors import NotFound, Unavailable, as_api_error
+from inference.api.metrics import render as render_metrics
 from inference.api.schemas import LoadRequest, NativeInferenceRequest, parse_keep_alive
 from inference.auth import BearerAuth
 from inference.engine import Token, get_engine
@@ -112,7 +113,7 @@ async def inference(request: HttpRequest, body: NativeInferenceRequest) -> HttpR
     )  # fmt: skip
     parameters = {k: v for k, v in vars(sampling).items() if k not in ("logit_bias", "json_schema")}
     if not body.stream:
-        text, outcome = await flow.collect(handle)
+        text, outcome = await flow.collect(handle, request_id)
         response = JsonResponse(
             {
                 "response": text,
@@ -125,7 +126,7 @@ async def inference(request: HttpRequest, body: NativeInferenceRequest) -> HttpR
         )
         response[flow.REQUEST_ID_HEADER] = request_id
         return response
-    first, rest = await flow.first_event(handle)
+    first, rest = await flow.first_event(handle, request_id)
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         if first:
@@ -157,6 +158,13 @@ def performance(request: HttpRequest) -> dict[str, Any]:
         "system": {"memory_percent": psutil.virtual_memory().percent, "cpu_count": os.cpu_count()},
         "uptime_s": round(time.time() - _STARTED, 1),
     }
+
+
+@router.get("/metrics", auth=BearerAuth("models:read"), response={200: None, **_ERRORS})
+def metrics(request: HttpRequest) -> HttpResponse:
+    """The same counters as /performance in Prometheus' text format, for a scrape job."""
+    body, content_type = render_metrics()
+    return HttpResponse(body, content_type=content_type)
 
 
 @router.get("/karen/config", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})

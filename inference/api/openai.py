@@ -70,7 +70,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     )  # fmt: skip
     base = {"id": f"chatcmpl-{request_id[4:]}", "created": flow.now(), "model": spec.model_id}
     if not body.stream:
-        text, outcome = await flow.collect(handle)
+        text, outcome = await flow.collect(handle, request_id)
         message = {"role": "assistant", "content": text}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": outcome.finish_reason}
         return _json(
@@ -79,7 +79,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
             request_id,
         )  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    first, rest = await flow.first_event(handle)
+    first, rest = await flow.first_event(handle, request_id)
     chunk = {**base, "object": "chat.completion.chunk", "system_fingerprint": None}
 
     def delta(content: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -116,11 +116,11 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
     )  # fmt: skip
     base = {"id": f"cmpl-{request_id[4:]}", "object": "text_completion", "created": flow.now(), "model": spec.model_id}
     if not body.stream:
-        text, outcome = await flow.collect(handle)
+        text, outcome = await flow.collect(handle, request_id)
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": outcome.finish_reason}
         return _json({**base, "choices": [choice], "usage": flow.usage_body(outcome)}, request_id)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    first, rest = await flow.first_event(handle)
+    first, rest = await flow.first_event(handle, request_id)
 
     def piece(text: str, finish: str | None = None) -> dict[str, Any]:
         out = {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
@@ -157,7 +157,7 @@ async def embeddings(request: HttpRequest, body: EmbeddingRequest) -> HttpRespon
         principal=request.auth, spec=spec, job=job, endpoint="embeddings",
         request_id=request_id, client=flow.client_address(request),
     )  # fmt: skip
-    _, outcome = await flow.collect(handle)
+    _, outcome = await flow.collect(handle, request_id)
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(vector, body.encoding_format)}
         for i, vector in enumerate(outcome.embeddings)

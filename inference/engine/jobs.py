@@ -64,6 +64,7 @@ class Outcome:
     completion_tokens: int = 0
     time_to_first_token_ms: float | None = None
     duration_ms: float = 0.0
+    queue_ms: float = 0.0  # from submission until a slot took the request
     prompt_ms: float = 0.0
     decode_ms: float = 0.0
     error: str = ""
@@ -76,6 +77,7 @@ class Outcome:
 
     def timings(self) -> dict[str, float | None]:
         return {
+            "queue_ms": round(self.queue_ms, 2),
             "queue_and_prompt_ms": self.time_to_first_token_ms,
             "prompt_ms": round(self.prompt_ms, 2),
             "decode_ms": round(self.decode_ms, 2),

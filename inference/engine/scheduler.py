@@ -102,6 +102,9 @@ class BatchScheduler:
             "prompt_cache_tokens_restored": 0,
             "prompt_cache_entries": 0,
             "prompt_cache_mb": 0.0,
+            "queue_admitted": 0,  # requests that left the queue for a slot, and their summed wait
+            "queue_wait_ms_total": 0.0,
+            "queue_timeouts": 0,
         }
         self._reuse = PrefixReuse(runner, self.prompt_cache, self.stats)
         self._inbox: queue.Queue[_Item | None] = queue.Queue()
@@ -209,6 +212,7 @@ class BatchScheduler:
                 )
             elif waited > self.queue_timeout_s:
                 self._waiting.remove(item)
+                self.stats["queue_timeouts"] += 1
                 message = (
                     f"waited {waited:.1f}s in {item.job.model_id}'s queue, past its {self.queue_timeout_s:.0f}s limit"
                 )
@@ -258,6 +262,9 @@ class BatchScheduler:
             if keep:
                 self.stats["prefix_hits"] += 1
                 self.stats["prefix_tokens_reused"] += keep
+            admitted_at = time.perf_counter()
+            self.stats["queue_admitted"] += 1
+            self.stats["queue_wait_ms_total"] += (admitted_at - item.job.submitted_at_perf) * 1000
             sampling = item.job.sampling
             seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
             slot.request = _Request(
@@ -265,7 +272,7 @@ class BatchScheduler:
                 sampler=self.runner.new_sampler(sampling, seed),
                 prompt_rest=item.tokens[keep:],
                 max_tokens=min(sampling.max_tokens, self.runner.n_ctx_slot - len(item.tokens)),
-                admitted_at=time.perf_counter(),
+                admitted_at=admitted_at,
             )
             with self._lock:
                 self.waiting -= 1
@@ -384,6 +391,7 @@ class BatchScheduler:
                 prompt_ms=(first_at - request.admitted_at) * 1000,
                 decode_ms=(ended - first_at) * 1000,
                 duration_ms=(ended - job.submitted_at_perf) * 1000,
+                queue_ms=(request.admitted_at - job.submitted_at_perf) * 1000,
                 error=error,
                 error_code=code,
             )

@@ -9,6 +9,7 @@ import uvicorn
 
 from inference.auth import clear_auth_cache
 from inference.engine import reset_engine
+from models_app.models import ModelConfig
 
 
 def _free_port() -> int:
@@ -50,6 +51,12 @@ def fresh_engine():
     reset_engine()
     yield
     reset_engine()
+
+
+@pytest.fixture
+def one_slot(small_model, fresh_engine):
+    """The bundled model with n_parallel=1, so one long request holds the only slot."""
+    ModelConfig.objects.filter(model=small_model).update(n_parallel=1)
 
 
 @pytest.fixture

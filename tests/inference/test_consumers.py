@@ -6,6 +6,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from inference.metering import counters
 from karen_host.asgi import application
 from models_app.models import LLMModel, UsageRecord
 from models_app.services import issue_token
@@ -159,6 +160,7 @@ async def test_malformed_frames_get_an_error_frame_and_the_socket_stays(secret, 
 async def test_model_not_allowed_is_an_error_frame_not_a_close(admin_user, small_model, gguf_copy):
     await sync_to_async(LLMModel.objects.create)(id="other", name="o", file_path=str(gguf_copy))
     _, secret = await sync_to_async(issue_token)(name="n", owner=admin_user, scopes=["inference"], models=["other"])
+    refused_before = counters.snapshot()["rejected"]
     comm = communicator(secret)
     await comm.connect()
     await comm.send_json_to(generate("a", small_model.id))
@@ -167,6 +169,10 @@ async def test_model_not_allowed_is_an_error_frame_not_a_close(admin_user, small
     await comm.send_json_to({"type": "generate", "id": "b", "model": "nope", "prompt": "x"})
     assert (await comm.receive_json_from(timeout=60))["error"]["type"] == "not_found_error"
     await comm.disconnect()
+    refused = counters.snapshot()["rejected"]
+    for key in ("/ws/v1/generate:403", "/ws/v1/generate:404"):  # counted as refusals, not billed
+        assert refused[key] == refused_before.get(key, 0) + 1
+    assert not await sync_to_async(UsageRecord.objects.exists)()
 
 
 async def test_token_without_inference_scope_gets_an_error_frame(admin_user, small_model):

@@ -16,7 +16,6 @@ from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelPool
 from inference.engine.scheduler import QueueFull
 from inference.engine.spec import ModelSpec
-from models_app.models import ModelConfig
 
 NO_EOS = {0: -100.0, 1: -100.0, 2: -100.0}
 PROMPTS = [
@@ -161,6 +160,10 @@ async def test_cancel_mid_generation_frees_the_slot_for_the_next_request(engine_
     assert outcome.status == "cancelled" and 0 < outcome.completion_tokens < 2000
     text, second = await asyncio.wait_for(waiting, timeout=60)
     assert second.status == "completed" and text
+    # It waited in the queue while the long request held the slot: its wait is its own and counted.
+    assert second.queue_ms >= outcome.decode_ms / 2 and second.timings()["queue_ms"] == round(second.queue_ms, 2)
+    stats = engine.pool.get(spec.model_id).worker.stats
+    assert stats["queue_admitted"] == 2 and stats["queue_wait_ms_total"] >= second.queue_ms
 
 
 async def test_full_queue_refuses_at_once(engine_for):
@@ -185,13 +188,8 @@ async def test_same_system_prompt_reuses_the_cached_prefix_and_changes_nothing(e
     assert second[0] == first[0]
 
 
-@pytest.fixture
-def one_slot_one_queue(small_model, settings, fresh_engine):
-    ModelConfig.objects.filter(model=small_model).update(n_parallel=1)
+def test_queue_overflow_is_429_with_retry_after(live, one_slot, settings):
     settings.MAX_QUEUE = 1
-
-
-def test_queue_overflow_is_429_with_retry_after(live, one_slot_one_queue):
     url, secret, model = live
     headers = {"Authorization": f"Bearer {secret}"}
     long = {"model": model, "prompt": "Count:", "max_tokens": 2000, "stream": True,

@@ -5,6 +5,7 @@ import json
 import httpx
 import pytest
 from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from models_app.models import ModelConfig
@@ -65,3 +66,20 @@ def test_embeddings_through_the_web_node(nodes):
     assert response.status_code == 200, response.text
     vectors = [item["embedding"] for item in response.json()["data"]]
     assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 0
+
+
+def test_the_web_nodes_metrics_carry_the_nodes_per_model_series(nodes, remote_text):
+    on_a = {("model", "smollm2"), ("node", "node-a")}
+    scraped = {}
+
+    def reported() -> bool:  # the node's counters reach the web node with its next heartbeat
+        response = httpx.get(f"{nodes.url}/metrics", headers=nodes.headers, timeout=60)
+        assert response.status_code == 200, response.text
+        families = text_string_to_metric_families(response.text)
+        scraped.update({(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples})
+        return scraped.get(("karenhost_queue_wait_seconds_count", frozenset(on_a)), 0) >= 1
+
+    nodes.wait_for(reported, 30, "node-a's heartbeat to report the request in /metrics")
+    assert scraped[("karenhost_slots", frozenset(on_a))] >= 1
+    completed = frozenset({("endpoint", "chat.completions"), ("status", "completed")})
+    assert scraped[("karenhost_requests_total", completed)] >= 1  # counted where it was answered

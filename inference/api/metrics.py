@@ -1,0 +1,135 @@
+"""GET /metrics: the engine, pool, scheduler and request counters in Prometheus' text format.
+
+Everything is read at scrape time from the same places as /performance (the engine's
+`status()` and the request counters), so there is one set of numbers and nothing to keep
+in step. In scale-out mode the loaded models are the inference nodes' last heartbeat
+reports, labelled with the node's name as well as the model's.
+A model's counters start again from zero when it is loaded again; `rate()` handles that.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import generate_latest as _generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+
+from inference.engine import get_engine
+from inference.metering import counters
+
+PREFIX = "karenhost"
+_MB = 2**20
+
+# Scheduler counters: (stats key, metric name, help). Each is a per-model counter.
+_SCHEDULER_COUNTERS = [
+    ("steps", "decode_steps", "llama_decode calls, one per batched step."),
+    ("batched_tokens", "batched_tokens", "Tokens put through llama_decode (prompt chunks and generated)."),
+    ("prefix_hits", "prefix_cache_hits", "Requests that reused a KV prefix instead of computing it."),
+    ("prefix_tokens_reused", "prefix_cache_tokens_reused", "Prompt tokens whose KV was reused."),
+    ("slot_copies", "slot_copies", "KV prefixes copied from another free slot into the admitting one."),
+    ("prompt_cache_stored", "prompt_cache_stored", "Slot sequences saved to the host-memory prompt cache."),
+    ("prompt_cache_hits", "prompt_cache_hits", "Requests whose prefix was restored from the prompt cache."),
+    ("prompt_cache_tokens_restored", "prompt_cache_tokens_restored", "Tokens restored from the prompt cache."),
+    ("queue_timeouts", "queue_timeouts", "Requests that waited past queue_timeout and got 503."),
+]
+_POOL_COUNTERS = ["loads", "hits", "misses", "evictions", "idle_unloads", "load_failures"]
+
+
+def _name(name: str) -> str:
+    return f"{PREFIX}_{name}"
+
+
+class EngineCollector:
+    """A Prometheus collector over the engine's and the request counters' snapshots."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._requests(counters.snapshot())
+        yield from self._engine(get_engine().status())
+
+    @staticmethod
+    def _requests(snapshot: dict[str, Any]) -> Iterator[Metric]:
+        finished = CounterMetricFamily(
+            _name("requests"), "Admitted requests by endpoint and how they ended.", labels=["endpoint", "status"]
+        )
+        for key, n in snapshot["finished"].items():
+            finished.add_metric(key.rsplit(":", 1), n)
+        yield finished
+        rejected = CounterMetricFamily(
+            _name("requests_rejected"),
+            "Requests answered with an error before admission (not billed), by URL pattern and HTTP status.",
+            labels=["route", "code"],
+        )
+        for key, n in snapshot["rejected"].items():
+            rejected.add_metric(key.rsplit(":", 1), n)
+        yield rejected
+        yield CounterMetricFamily(
+            _name("prompt_tokens"), "Prompt tokens of finished requests.", value=snapshot["prompt_tokens"]
+        )
+        yield CounterMetricFamily(
+            _name("completion_tokens"), "Generated tokens of finished requests.", value=snapshot["completion_tokens"]
+        )
+
+    @staticmethod
+    def _engine(status: dict[str, Any]) -> Iterator[Metric]:
+        remote = status["stats"].get("mode") == "remote"
+        labels = ["model", "node"] if remote else ["model"]
+        gauges = {
+            "slots": GaugeMetricFamily(_name("slots"), "Parallel slots (n_parallel) of a loaded model.", labels=labels),
+            "busy_slots": GaugeMetricFamily(_name("requests_running"), "Requests holding a slot now.", labels=labels),
+            "queued": GaugeMetricFamily(
+                _name("requests_waiting"), "Requests in the model's wait queue now.", labels=labels
+            ),
+            "estimated_mb": GaugeMetricFamily(
+                _name("model_memory_estimated_bytes"), "A loaded model's estimated memory.", labels=labels
+            ),
+        }
+        cache_bytes = GaugeMetricFamily(
+            _name("prompt_cache_bytes"), "Bytes held by a model's host-memory prompt cache.", labels=labels
+        )
+        cache_entries = GaugeMetricFamily(
+            _name("prompt_cache_entries"), "Sequences held by a model's prompt cache.", labels=labels
+        )
+        queue_wait = SummaryMetricFamily(
+            _name("queue_wait_seconds"), "Time from submission until a slot took the request.", labels=labels
+        )
+        scheduler = {
+            key: CounterMetricFamily(_name(name), text, labels=labels) for key, name, text in _SCHEDULER_COUNTERS
+        }
+        for model in status["loaded"]:
+            values = [model["id"], model["node"]] if remote else [model["id"]]
+            for key, family in gauges.items():
+                scale = _MB if key == "estimated_mb" else 1
+                family.add_metric(values, model[key] * scale)
+            stats = model.get("scheduler", {})
+            cache_bytes.add_metric(values, stats.get("prompt_cache_mb", 0.0) * _MB)
+            cache_entries.add_metric(values, stats.get("prompt_cache_entries", 0))
+            queue_wait.add_metric(
+                values, count_value=stats.get("queue_admitted", 0), sum_value=stats.get("queue_wait_ms_total", 0) / 1000
+            )
+            for key, family in scheduler.items():
+                family.add_metric(values, stats.get(key, 0))
+        yield GaugeMetricFamily(_name("models_loaded"), "Models loaded now.", value=len(status["loaded"]))
+        yield from gauges.values()
+        yield from (cache_bytes, cache_entries, queue_wait)
+        yield from scheduler.values()
+        yield GaugeMetricFamily(
+            _name("memory_budget_bytes"), "The pool's memory budget for models.", value=status["memory_budget_mb"] * _MB
+        )
+        yield GaugeMetricFamily(
+            _name("memory_used_bytes"), "Estimated memory of the loaded models.", value=status["memory_used_mb"] * _MB
+        )
+        pool = status["stats"]
+        for key in _POOL_COUNTERS:
+            if key in pool:  # local mode; a web node in scale-out mode has no pool of its own
+                yield CounterMetricFamily(_name(f"pool_{key}"), f"Model pool {key.replace('_', ' ')}.", value=pool[key])
+
+
+_registry = CollectorRegistry(auto_describe=False)
+_registry.register(EngineCollector())
+ProcessCollector(registry=_registry)
+PlatformCollector(registry=_registry)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type."""
+    return _generate_latest(_registry), CONTENT_TYPE_PLAIN_0_0_4  # what every Prometheus reads

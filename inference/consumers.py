@@ -63,6 +63,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         except APIError as exc:
             # Accept, then close at once: a close before accept would reach the client as a
             # bare HTTP 403, and the client could not tell a bad token from a bad origin.
+            counters.count_rejected(WS_ROUTE, exc.status)
             await self.close(code=CLOSE_UNAUTHENTICATED, reason=str(exc)[:120])
 
     async def disconnect(self, code: int) -> None:

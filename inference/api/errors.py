@@ -124,7 +124,7 @@ def describe_validation_error(errors: list[dict[str, Any]]) -> tuple[str, str | 
 def route_of(request: HttpRequest) -> str:
     """The URL pattern a request matched ("/models/unload/<model_id>"): a bounded metrics label."""
     match = getattr(request, "resolver_match", None)
-    return f"/{match.route}" if match is not None and match.route else "unmatched"
+    return f"/{match.route}" if match is not None else "unmatched"
 
 
 def refuse(request: HttpRequest, error: APIError) -> JsonResponse:

@@ -101,7 +101,7 @@ class EngineCollector:
                 scale = _MB if key == "estimated_mb" else 1
                 family.add_metric(values, model[key] * scale)
             stats = model.get("scheduler", {})
-            cache_bytes.add_metric(values, stats.get("prompt_cache_mb", 0.0) * _MB)
+            cache_bytes.add_metric(values, stats.get("prompt_cache_bytes", 0))
             cache_entries.add_metric(values, stats.get("prompt_cache_entries", 0))
             queue_wait.add_metric(
                 values, count_value=stats.get("queue_admitted", 0), sum_value=stats.get("queue_wait_ms_total", 0) / 1000

@@ -164,4 +164,4 @@ class PrefixReuse:
 
     def _count_cache(self) -> None:
         self.stats["prompt_cache_entries"] = len(self.cache)
-        self.stats["prompt_cache_mb"] = round(self.cache.bytes / 2**20, 1)
+        self.stats["prompt_cache_bytes"] = self.cache.bytes

@@ -101,7 +101,7 @@ class BatchScheduler:
             "prompt_cache_hits": 0,
             "prompt_cache_tokens_restored": 0,
             "prompt_cache_entries": 0,
-            "prompt_cache_mb": 0.0,
+            "prompt_cache_bytes": 0,
             "queue_admitted": 0,  # requests that left the queue for a slot, and their summed wait
             "queue_wait_ms_total": 0.0,
             "queue_timeouts": 0,
@@ -205,21 +205,17 @@ class BatchScheduler:
         now = time.perf_counter()
         for item in list(self._waiting):
             waited = now - item.job.submitted_at_perf
+            spent = {"duration_ms": waited * 1000, "queue_ms": waited * 1000}
             if item.handle.cancelled.is_set():
                 self._waiting.remove(item)
-                self._end_waiting(
-                    item, Outcome("cancelled", "cancelled", prompt_tokens=len(item.tokens), duration_ms=waited * 1000)
-                )
+                self._end_waiting(item, Outcome("cancelled", "cancelled", prompt_tokens=len(item.tokens), **spent))
             elif waited > self.queue_timeout_s:
                 self._waiting.remove(item)
                 self.stats["queue_timeouts"] += 1
                 message = (
                     f"waited {waited:.1f}s in {item.job.model_id}'s queue, past its {self.queue_timeout_s:.0f}s limit"
                 )
-                self._end_waiting(
-                    item,
-                    Outcome("timeout", "error", error=message, error_code="queue_timeout", duration_ms=waited * 1000),
-                )
+                self._end_waiting(item, Outcome("timeout", "error", error=message, error_code="queue_timeout", **spent))
 
     def _run_embedding(self, item: _Item) -> None:
         with self._lock:

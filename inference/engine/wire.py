@@ -16,7 +16,7 @@ the sender's channel, so a reply from a node the job has left is recognised and 
 Everything is plain data (msgpack through channels-redis): dataclasses travel as dicts.
 """
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from inference.engine.jobs import Job, Outcome, Sampling
@@ -73,7 +73,9 @@ def encode_outcome(outcome: Outcome) -> dict[str, Any]:
 
 
 def decode_outcome(data: dict[str, Any]) -> Outcome:
-    return Outcome(**data)
+    # A node on another version may send fields this one lacks (a rolling upgrade): drop them.
+    known = {f.name for f in fields(Outcome)}
+    return Outcome(**{k: v for k, v in data.items() if k in known})
 
 
 def describe_refusal(exc: BaseException) -> dict[str, Any]:

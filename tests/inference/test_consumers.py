@@ -74,10 +74,12 @@ async def test_subprotocol_token_is_accepted_and_karen_v1_is_selected(secret, sm
 
 @pytest.mark.parametrize("secret_value", [None, "khk_" + "x" * 43])
 async def test_bad_or_missing_token_closes_with_4401(db, secret_value):
+    refused_before = counters.snapshot()["rejected"].get("/ws/v1/generate:401", 0)
     comm = communicator(secret_value)
     await comm.connect()
     closed = await comm.receive_output(timeout=30)
     assert closed["type"] == "websocket.close" and closed["code"] == 4401
+    assert counters.snapshot()["rejected"]["/ws/v1/generate:401"] == refused_before + 1
 
 
 async def test_token_in_the_query_string_is_not_accepted(secret):

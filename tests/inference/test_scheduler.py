@@ -91,7 +91,8 @@ async def test_a_prompt_that_lost_its_slot_comes_back_from_the_prompt_cache(engi
     first = await run(engine, spec, chat(spec, "Tell me about rivers."))
     await run(engine, spec, chat(spec, "Describe a cat."))  # takes the only slot: the river prompt is stored
     stats = worker_of().stats
-    assert stats["prompt_cache_stored"] == 1 and stats["prompt_cache_entries"] == 1 and stats["prompt_cache_mb"] > 0
+    assert stats["prompt_cache_stored"] == 1 and stats["prompt_cache_entries"] == 1
+    assert stats["prompt_cache_bytes"] > 20_000 * 20  # about 23 KB per token, and the prompt has more than 20
     again = await run(engine, spec, chat(spec, "Tell me about rivers."))
     assert again[0] == first[0]  # restored KV gives the same greedy text
     assert stats["prompt_cache_hits"] == 1
@@ -169,6 +170,11 @@ async def test_cancel_mid_generation_frees_the_slot_for_the_next_request(engine_
 async def test_full_queue_refuses_at_once(engine_for):
     engine, spec = engine_for(n_parallel=1, max_queue=1)
     busy = await engine.submit(spec, chat(spec, "Count.", max_tokens=2000, logit_bias=NO_EOS))
+    worker = engine.pool.get(spec.model_id).worker
+    for _ in range(6000):  # until it holds the slot and no longer counts as waiting (a busy machine is slow)
+        if not worker.waiting:
+            break
+        await asyncio.sleep(0.01)
     queued = await engine.submit(spec, chat(spec, "Wait.", max_tokens=2))
     with pytest.raises(QueueFull):
         await engine.submit(spec, chat(spec, "One too many.", max_tokens=2))

@@ -29,6 +29,11 @@ def test_an_outcome_survives_the_trip():
     assert wire.decode_outcome(_through_redis(wire.encode_outcome(outcome))) == outcome
 
 
+def test_an_outcome_from_a_newer_node_drops_the_fields_this_one_does_not_know():
+    sent = {**wire.encode_outcome(Outcome("completed", "stop", completion_tokens=2)), "draft_tokens": 7}
+    assert wire.decode_outcome(_through_redis(sent)) == Outcome("completed", "stop", completion_tokens=2)
+
+
 @pytest.mark.parametrize(
     ("refusal", "status"),
     [

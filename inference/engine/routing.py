@@ -80,6 +80,7 @@ class NodeDirectory:
                     {
                         "name": n.name,
                         "in_flight": n.in_flight,
+                        "load_on_demand": n.load_on_demand,
                         "sent_from_here": self.sent[n.name],
                         "memory_budget_mb": n.memory_budget_mb,
                         "memory_used_mb": n.memory_used_mb,

@@ -44,6 +44,9 @@ class _Item:
     job: Job
     handle: JobHandle
     tokens: list[int]
+    # The queue's clock starts here, not at the job's submission: loading the model first is
+    # not waiting in its queue, and a long load must not time out the request that asked for it.
+    queued_at: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -204,8 +207,8 @@ class BatchScheduler:
     def _expire_waiting(self) -> None:
         now = time.perf_counter()
         for item in list(self._waiting):
-            waited = now - item.job.submitted_at_perf
-            spent = {"duration_ms": waited * 1000, "queue_ms": waited * 1000}
+            waited = now - item.queued_at
+            spent = {"duration_ms": (now - item.job.submitted_at_perf) * 1000, "queue_ms": waited * 1000}
             if item.handle.cancelled.is_set():
                 self._waiting.remove(item)
                 self._end_waiting(item, Outcome("cancelled", "cancelled", prompt_tokens=len(item.tokens), **spent))
@@ -260,7 +263,7 @@ class BatchScheduler:
                 self.stats["prefix_tokens_reused"] += keep
             admitted_at = time.perf_counter()
             self.stats["queue_admitted"] += 1
-            self.stats["queue_wait_ms_total"] += (admitted_at - item.job.submitted_at_perf) * 1000
+            self.stats["queue_wait_ms_total"] += (admitted_at - item.queued_at) * 1000
             sampling = item.job.sampling
             seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
             slot.request = _Request(
@@ -387,7 +390,7 @@ class BatchScheduler:
                 prompt_ms=(first_at - request.admitted_at) * 1000,
                 decode_ms=(ended - first_at) * 1000,
                 duration_ms=(ended - job.submitted_at_perf) * 1000,
-                queue_ms=(request.admitted_at - job.submitted_at_perf) * 1000,
+                queue_ms=(request.admitted_at - request.item.queued_at) * 1000,
                 error=error,
                 error_code=code,
             )

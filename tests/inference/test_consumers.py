@@ -127,7 +127,11 @@ async def test_disconnect_cancels_everything_in_flight(secret, small_model):
     await comm.connect()
     for frame_id in ("x", "y"):
         await comm.send_json_to(generate(frame_id, small_model.id, max_tokens=2000, logit_bias=NO_EOS))
-    await until(comm, "token", "x")
+    started = set()
+    while started != {"x", "y"}:  # both admitted (usage rows exist); a job not yet admitted leaves no row
+        frame = await comm.receive_json_from(timeout=60)
+        if frame["type"] == "start":
+            started.add(frame["id"])
     await comm.disconnect()
     for _ in range(1200):  # up to a minute on a loaded machine
         statuses = await sync_to_async(lambda: sorted(UsageRecord.objects.values_list("status", flat=True)))()

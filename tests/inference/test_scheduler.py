@@ -167,6 +167,15 @@ async def test_cancel_mid_generation_frees_the_slot_for_the_next_request(engine_
     assert stats["queue_admitted"] == 2 and stats["queue_wait_ms_total"] >= second.queue_ms
 
 
+async def test_loading_the_model_is_not_time_spent_in_its_queue(engine_for):
+    # The queue's clock (queue_ms, QUEUE_TIMEOUT_S) starts once the model is loaded, so a load that
+    # takes longer than the queue timeout does not time out the request that asked for it.
+    engine, spec = engine_for(n_parallel=1)
+    _, outcome = await run(engine, spec, chat(spec, "Hi.", max_tokens=2))
+    load_ms = engine.pool.stats.load_ms[spec.model_id]
+    assert outcome.status == "completed" and outcome.queue_ms < load_ms < outcome.duration_ms
+
+
 async def test_full_queue_refuses_at_once(engine_for):
     engine, spec = engine_for(n_parallel=1, max_queue=1)
     busy = await engine.submit(spec, chat(spec, "Count.", max_tokens=2000, logit_bias=NO_EOS))

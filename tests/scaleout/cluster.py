@@ -100,12 +100,23 @@ class Cluster:
         process.wait(timeout=10)
 
     def ensure_nodes(self, *names: str) -> None:
-        """Start the nodes among `names` that are not running, and wait until all heartbeat."""
+        """Start the nodes among `names` that are not running, and wait until all heartbeat.
+
+        A restarted node counts once it heartbeats at a new channel: the row of a node just
+        killed still looks live for a few heartbeats, and must not pass for the new process.
+        """
+        restarted = {}
         for name in names:
             process = self.processes.get(name)
             if process is None or process.poll() is not None:
+                restarted[name] = self._channel(name)
                 self.start_node(name)
-        self._wait(lambda: set(names) <= self.live_nodes(), 90, f"nodes {names} to heartbeat")
+
+        def up() -> bool:
+            fresh = all(self._channel(name) not in (None, old) for name, old in restarted.items())
+            return fresh and set(names) <= self.live_nodes()
+
+        self._wait(up, 90, f"nodes {names} to heartbeat")
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -136,6 +147,10 @@ class Cluster:
             HEARTBEAT_S * 3,
         )
         return {name for (name,) in rows}
+
+    def _channel(self, name: str) -> str | None:
+        rows = self.sql("SELECT channel FROM models_app_inferencenode WHERE name = %s", name)
+        return rows[0][0] if rows else None
 
     def node(self, name: str) -> dict:
         rows = self.sql("SELECT status, in_flight, loaded FROM models_app_inferencenode WHERE name = %s", name)

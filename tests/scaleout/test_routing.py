@@ -1,7 +1,5 @@
 """Routing and placement: where a job goes, and what happens when nowhere will take it."""
 
-import time
-
 import httpx
 
 from tests.scaleout.conftest import chat_body
@@ -9,7 +7,12 @@ from tests.scaleout.conftest import chat_body
 
 def test_a_model_no_node_may_load_is_503_with_retry_after_naming_it(nodes):
     nodes.sql("UPDATE models_app_inferencenode SET load_on_demand = false")
-    time.sleep(1)  # the web node re-reads the node table every INFERENCE_HEARTBEAT_S / 2
+
+    def web_node_sees_it() -> bool:  # it re-reads the node table every INFERENCE_HEARTBEAT_S / 2
+        seen = httpx.get(f"{nodes.url}/performance", headers=nodes.headers, timeout=60).json()["engine"]["stats"]
+        return bool(seen["nodes"]) and not any(node["load_on_demand"] for node in seen["nodes"])
+
+    nodes.wait_for(web_node_sees_it, 30, "the web node to see that no node may load on demand")
     response = httpx.post(f"{nodes.url}/v1/chat/completions", json={**chat_body(), "model": "ghost"},
                           headers=nodes.headers, timeout=60)  # fmt: skip
     assert response.status_code == 503

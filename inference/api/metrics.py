@@ -90,7 +90,7 @@ class EngineCollector:
             _name("prompt_cache_entries"), "Sequences held by a model's prompt cache.", labels=labels
         )
         queue_wait = SummaryMetricFamily(
-            _name("queue_wait_seconds"), "Time from submission until a slot took the request.", labels=labels
+            _name("queue_wait_seconds"), "Time in the model's wait queue until a slot took the request.", labels=labels
         )
         scheduler = {
             key: CounterMetricFamily(_name(name), text, labels=labels) for key, name, text in _SCHEDULER_COUNTERS

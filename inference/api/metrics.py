@@ -7,7 +7,7 @@ reports, labelled with the node's name as well as the model's.
 A model's counters start again from zero when it is loaded again; `rate()` handles that.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, PlatformCollector, ProcessCollector
@@ -32,6 +32,17 @@ _SCHEDULER_COUNTERS = [
     ("prompt_cache_tokens_restored", "prompt_cache_tokens_restored", "Tokens restored from the prompt cache."),
     ("queue_timeouts", "queue_timeouts", "Requests that waited past queue_timeout and got 503."),
 ]
+# Per-model gauges: (metric name, help, value from a `loaded` entry of the engine status).
+_MODEL_GAUGES: list[tuple[str, str, Callable[[dict[str, Any]], float]]] = [
+    ("slots", "Parallel slots (n_parallel) of a loaded model.", lambda m: m["slots"]),
+    ("requests_running", "Requests holding a slot now.", lambda m: m["busy_slots"]),
+    ("requests_waiting", "Requests in the model's wait queue now.", lambda m: m["queued"]),
+    ("model_memory_estimated_bytes", "A loaded model's estimated memory.", lambda m: m["estimated_mb"] * _MB),
+    ("prompt_cache_bytes", "Bytes held by a model's host-memory prompt cache.",
+     lambda m: m.get("scheduler", {}).get("prompt_cache_bytes", 0)),
+    ("prompt_cache_entries", "Sequences held by a model's prompt cache.",
+     lambda m: m.get("scheduler", {}).get("prompt_cache_entries", 0)),
+]  # fmt: skip
 _POOL_COUNTERS = ["loads", "hits", "misses", "evictions", "idle_unloads", "load_failures"]
 
 
@@ -73,22 +84,7 @@ class EngineCollector:
     def _engine(status: dict[str, Any]) -> Iterator[Metric]:
         remote = status["stats"].get("mode") == "remote"
         labels = ["model", "node"] if remote else ["model"]
-        gauges = {
-            "slots": GaugeMetricFamily(_name("slots"), "Parallel slots (n_parallel) of a loaded model.", labels=labels),
-            "busy_slots": GaugeMetricFamily(_name("requests_running"), "Requests holding a slot now.", labels=labels),
-            "queued": GaugeMetricFamily(
-                _name("requests_waiting"), "Requests in the model's wait queue now.", labels=labels
-            ),
-            "estimated_mb": GaugeMetricFamily(
-                _name("model_memory_estimated_bytes"), "A loaded model's estimated memory.", labels=labels
-            ),
-        }
-        cache_bytes = GaugeMetricFamily(
-            _name("prompt_cache_bytes"), "Bytes held by a model's host-memory prompt cache.", labels=labels
-        )
-        cache_entries = GaugeMetricFamily(
-            _name("prompt_cache_entries"), "Sequences held by a model's prompt cache.", labels=labels
-        )
+        gauges = [(GaugeMetricFamily(_name(name), text, labels=labels), value) for name, text, value in _MODEL_GAUGES]
         queue_wait = SummaryMetricFamily(
             _name("queue_wait_seconds"), "Time in the model's wait queue until a slot took the request.", labels=labels
         )
@@ -97,20 +93,17 @@ class EngineCollector:
         }
         for model in status["loaded"]:
             values = [model["id"], model["node"]] if remote else [model["id"]]
-            for key, family in gauges.items():
-                scale = _MB if key == "estimated_mb" else 1
-                family.add_metric(values, model[key] * scale)
+            for family, value in gauges:
+                family.add_metric(values, value(model))
             stats = model.get("scheduler", {})
-            cache_bytes.add_metric(values, stats.get("prompt_cache_bytes", 0))
-            cache_entries.add_metric(values, stats.get("prompt_cache_entries", 0))
             queue_wait.add_metric(
                 values, count_value=stats.get("queue_admitted", 0), sum_value=stats.get("queue_wait_ms_total", 0) / 1000
             )
             for key, family in scheduler.items():
                 family.add_metric(values, stats.get(key, 0))
         yield GaugeMetricFamily(_name("models_loaded"), "Models loaded now.", value=len(status["loaded"]))
-        yield from gauges.values()
-        yield from (cache_bytes, cache_entries, queue_wait)
+        yield from (family for family, _ in gauges)
+        yield queue_wait
         yield from scheduler.values()
         yield GaugeMetricFamily(
             _name("memory_budget_bytes"), "The pool's memory budget for models.", value=status["memory_budget_mb"] * _MB

@@ -64,7 +64,7 @@ class Outcome:
     completion_tokens: int = 0
     time_to_first_token_ms: float | None = None
     duration_ms: float = 0.0
-    queue_ms: float = 0.0  # from submission until a slot took the request
+    queue_ms: float = 0.0  # from entering the model's queue until a slot took the request (or it left)
     prompt_ms: float = 0.0
     decode_ms: float = 0.0
     error: str = ""

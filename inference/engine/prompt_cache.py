@@ -104,7 +104,7 @@ class PrefixReuse:
     """Brings the longest available KV prefix into a slot; copies slots out before they are overwritten.
 
     Counts into `stats` (the scheduler's): slot_copies, prompt_cache_stored, _hits,
-    _tokens_restored, _entries and _mb.
+    _tokens_restored, _entries and _bytes.
     """
 
     def __init__(self, runner: LlamaRunner, cache: PromptCache, stats: dict[str, float]) -> None:

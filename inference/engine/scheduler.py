@@ -208,12 +208,14 @@ class BatchScheduler:
         now = time.perf_counter()
         for item in list(self._waiting):
             waited = now - item.queued_at
+            cancelled = item.handle.cancelled.is_set()
+            if not cancelled and waited <= self.queue_timeout_s:
+                continue
+            self._waiting.remove(item)
             spent = {"duration_ms": (now - item.job.submitted_at_perf) * 1000, "queue_ms": waited * 1000}
-            if item.handle.cancelled.is_set():
-                self._waiting.remove(item)
+            if cancelled:
                 self._end_waiting(item, Outcome("cancelled", "cancelled", prompt_tokens=len(item.tokens), **spent))
-            elif waited > self.queue_timeout_s:
-                self._waiting.remove(item)
+            else:
                 self.stats["queue_timeouts"] += 1
                 message = (
                     f"waited {waited:.1f}s in {item.job.model_id}'s queue, past its {self.queue_timeout_s:.0f}s limit"

@@ -12,6 +12,14 @@ from models_app.scanning import apply_metadata
 from models_app.services import issue_token
 
 
+def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of a Prometheus scrape, keyed by (sample name, frozenset of its labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = text_string_to_metric_families(text)
+    return {(s.name, frozenset(s.labels.items())): s.value for family in families for s in family.samples}
+
+
 @pytest.fixture(scope="session")
 def bundled_gguf() -> Path:
     path = bundled_model_path()

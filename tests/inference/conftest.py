@@ -11,6 +11,9 @@ from inference.auth import clear_auth_cache
 from inference.engine import reset_engine
 from models_app.models import ModelConfig
 
+# SmolLM2's end-of-generation tokens suppressed (a request's logit_bias): it runs until stopped.
+NO_EOS_BIAS = {"0": -100, "1": -100, "2": -100}
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -10,9 +10,9 @@ from inference.metering import counters
 from karen_host.asgi import application
 from models_app.models import LLMModel, UsageRecord
 from models_app.services import issue_token
+from tests.inference.conftest import NO_EOS_BIAS
 
 pytestmark = pytest.mark.django_db(transaction=True)
-NO_EOS = {"0": -100, "1": -100, "2": -100}
 
 
 def communicator(secret=None, *, subprotocols=None, origin=None):
@@ -112,7 +112,7 @@ async def test_two_concurrent_ids_both_finish_and_are_metered(secret, small_mode
 async def test_cancel_stops_one_generation_and_meters_it_cancelled(secret, small_model):
     comm = communicator(secret)
     await comm.connect()
-    await comm.send_json_to(generate("long", small_model.id, max_tokens=2000, logit_bias=NO_EOS))
+    await comm.send_json_to(generate("long", small_model.id, max_tokens=2000, logit_bias=NO_EOS_BIAS))
     await until(comm, "token", "long")
     await comm.send_json_to({"type": "cancel", "id": "long"})
     done = (await until(comm, "done", "long"))[-1]
@@ -126,7 +126,7 @@ async def test_disconnect_cancels_everything_in_flight(secret, small_model):
     comm = communicator(secret)
     await comm.connect()
     for frame_id in ("x", "y"):
-        await comm.send_json_to(generate(frame_id, small_model.id, max_tokens=2000, logit_bias=NO_EOS))
+        await comm.send_json_to(generate(frame_id, small_model.id, max_tokens=2000, logit_bias=NO_EOS_BIAS))
     started = set()
     while started != {"x", "y"}:  # both admitted (usage rows exist); a job not yet admitted leaves no row
         frame = await comm.receive_json_from(timeout=60)

@@ -16,6 +16,7 @@ from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelPool
 from inference.engine.scheduler import QueueFull
 from inference.engine.spec import ModelSpec
+from tests.inference.conftest import NO_EOS_BIAS
 
 NO_EOS = {0: -100.0, 1: -100.0, 2: -100.0}
 PROMPTS = [
@@ -208,7 +209,7 @@ def test_queue_overflow_is_429_with_retry_after(live, one_slot, settings):
     url, secret, model = live
     headers = {"Authorization": f"Bearer {secret}"}
     long = {"model": model, "prompt": "Count:", "max_tokens": 2000, "stream": True,
-            "logit_bias": {str(k): v for k, v in NO_EOS.items()}}  # fmt: skip
+            "logit_bias": NO_EOS_BIAS}  # fmt: skip
     with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}/v1/completions", json=long, headers=headers):
         queued = threading.Thread(
             target=httpx.post, args=(f"{url}/v1/completions",),

@@ -5,10 +5,10 @@ import json
 import httpx
 import pytest
 from django.test import Client
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 from models_app.models import ModelConfig
+from tests.conftest import metric_samples
 from tests.scaleout.conftest import chat_body, stream_events, streamed_text
 
 
@@ -75,8 +75,7 @@ def test_the_web_nodes_metrics_carry_the_nodes_per_model_series(nodes, remote_te
     def reported() -> bool:  # the node's counters reach the web node with its next heartbeat
         response = httpx.get(f"{nodes.url}/metrics", headers=nodes.headers, timeout=60)
         assert response.status_code == 200, response.text
-        families = text_string_to_metric_families(response.text)
-        scraped.update({(s.name, frozenset(s.labels.items())): s.value for f in families for s in f.samples})
+        scraped.update(metric_samples(response.text))
         return scraped.get(("karenhost_queue_wait_seconds_count", frozenset(on_a)), 0) >= 1
 
     nodes.wait_for(reported, 30, "node-a's heartbeat to report the request in /metrics")

@@ -8,9 +8,7 @@ import httpx
 from inference.engine import get_engine
 from models_app.models import LLMModel, UsageRecord
 from models_app.services import close_interrupted_usage, start_usage
-
-# Suppress end-of-generation tokens so a generation runs until it is stopped.
-NO_EOS = {"0": -100, "1": -100, "2": -100}
+from tests.inference.conftest import NO_EOS_BIAS
 
 
 def wait_for(predicate, timeout=60.0):
@@ -38,7 +36,7 @@ def test_response_carries_the_request_id_of_its_usage_row(live):
 
 def test_disconnect_mid_stream_records_one_cancelled_usage(live):
     url, secret, model = live
-    body = {"model": model, "prompt": "Count: 1, 2, 3,", "max_tokens": 2000, "stream": True, "logit_bias": NO_EOS}
+    body = {"model": model, "prompt": "Count: 1, 2, 3,", "max_tokens": 2000, "stream": True, "logit_bias": NO_EOS_BIAS}
     with (
         httpx.Client(timeout=60) as client,
         client.stream("POST", f"{url}/v1/completions", json=body, headers={"Authorization": f"Bearer {secret}"}) as r,

@@ -4,12 +4,11 @@ import threading
 import time
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from inference.engine import get_engine
 from models_app.models import UsageRecord
-
-NO_EOS = {str(k): -100.0 for k in (0, 1, 2)}
+from tests.conftest import metric_samples
+from tests.inference.conftest import NO_EOS_BIAS
 
 
 def scrape(live) -> dict[tuple[str, frozenset], float]:
@@ -17,11 +16,7 @@ def scrape(live) -> dict[tuple[str, frozenset], float]:
     url, secret, _ = live
     response = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {secret}"}, timeout=60)
     assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    return metric_samples(response.text)
 
 
 def of_model(samples, name: str, model: str) -> float:
@@ -81,7 +76,7 @@ def test_a_request_waiting_past_queue_timeout_gets_503_and_is_counted(live, one_
     url, secret, model = live
     headers = {"Authorization": f"Bearer {secret}"}
     before = scrape(live)
-    long = {"model": model, "prompt": "Count:", "max_tokens": 2000, "stream": True, "logit_bias": NO_EOS}
+    long = {"model": model, "prompt": "Count:", "max_tokens": 2000, "stream": True, "logit_bias": NO_EOS_BIAS}
     with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}/v1/completions", json=long, headers=headers):
         results = []
         waiter = threading.Thread(target=lambda: results.append(complete(live, prompt="Wait.", max_tokens=2)))

@@ -15,6 +15,7 @@ from django.http import HttpRequest
 from ninja.security import HttpBearer
 
 from inference.api.errors import AuthenticationFailed, PermissionDenied
+from models_app.grants import Grant
 from models_app.models.tokens import hash_secret
 from models_app.selectors import TokenRejected, authenticate
 from models_app.services import touch_token
@@ -28,6 +29,10 @@ class Principal:
     name: str
     scopes: frozenset[str]
     allowed_models: frozenset[str]  # empty: all
+    rate_limit_rpm: int | None = None  # None: unlimited
+    rate_limit_tpm: int | None = None
+    max_concurrent: int | None = None
+    lane: str = "interactive"  # Lane: interactive or batch
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
@@ -39,8 +44,11 @@ class Principal:
                 code="insufficient_scope",
             )
 
+    def may_use(self, model_id: str) -> bool:
+        return not self.allowed_models or model_id in self.allowed_models
+
     def require_model(self, model_id: str) -> None:
-        if self.allowed_models and model_id not in self.allowed_models:
+        if not self.may_use(model_id):
             raise PermissionDenied(
                 f"This token may not use '{model_id}'; it may use: {', '.join(sorted(self.allowed_models))}.",
                 param="model",
@@ -58,12 +66,9 @@ def _lookup(secret: str) -> Principal | str:
     except TokenRejected as exc:
         return str(exc)
     touch_token(token_id=token.pk)
-    return Principal(
-        token_id=token.pk,
-        name=token.name,
-        scopes=frozenset(token.scopes),
-        allowed_models=frozenset(m.pk for m in token.allowed_models.all()),
-    )
+    grant = Grant.of_token(token)
+    return Principal(token_id=token.pk, name=token.name, scopes=grant.scopes, allowed_models=grant.models,
+                     **grant.limits())  # fmt: skip
 
 
 async def principal_for(secret: str) -> Principal:

@@ -5,6 +5,7 @@ metering steps as HTTP (inference.api.flow); this consumer relays the job's even
 """
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -47,6 +48,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
     """Several generations at once on one socket, each metered as one request."""
 
     principal: Principal | None = None
+    secret: str | None = None  # kept to check the token again at each `generate`
 
     async def connect(self) -> None:
         self.jobs: dict[str, tuple[asyncio.Task, JobHandle | None]] = {}
@@ -60,6 +62,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
                     "Missing bearer token (Authorization header or 'bearer.<token>' subprotocol)."
                 )
             self.principal = await principal_for(secret)
+            self.secret = secret
         except APIError as exc:
             # Accept, then close at once: a close before accept would reach the client as a
             # bare HTTP 403, and the client could not tell a bad token from a bad origin.
@@ -74,6 +77,11 @@ class GenerateConsumer(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.principal is None:
+            return
+        size = len(text_data) if text_data is not None else len(bytes_data or b"")
+        if size > settings.WS_MAX_FRAME_BYTES:
+            message = f"Frame is {size} bytes; the limit is {settings.WS_MAX_FRAME_BYTES} (WS_MAX_FRAME_BYTES)."
+            await self._error(None, InvalidRequest(message, code="frame_too_large"))
             return
         try:
             frame = json.loads(text_data if text_data is not None else bytes_data.decode())
@@ -93,6 +101,8 @@ class GenerateConsumer(AsyncWebsocketConsumer):
             await self._error(frame_id, InvalidRequest(message, param="type", code="invalid_frame"))
 
     async def _start(self, frame: dict[str, Any], frame_id: str | None) -> None:
+        if not await self._still_authorized(frame_id):
+            return
         try:
             request = GenerateFrame.model_validate(frame)
         except ValidationError as exc:
@@ -103,9 +113,25 @@ class GenerateConsumer(AsyncWebsocketConsumer):
             message = f"A generation with id {request.id!r} is already running on this socket."
             await self._error(request.id, InvalidRequest(message, param="id", code="duplicate_id"))
             return
-        task = asyncio.create_task(self._generate(request))
+        task = asyncio.create_task(self._generate(request, self.principal))
         self.jobs[request.id] = (task, None)
         task.add_done_callback(lambda _t: self._forget(request.id))
+
+    async def _still_authorized(self, frame_id: str | None) -> bool:
+        """Check the token again, through the auth cache; once it is no longer valid, say why and close 4401.
+
+        A socket outlives a revocation, an expiry or its owner's deactivation, so each new
+        generation gets the check an HTTP request gets (scopes and models come fresh too).
+        """
+        try:
+            self.principal = await principal_for(self.secret)
+        except AuthenticationFailed as exc:
+            self.principal = None  # later frames are ignored until the close lands
+            await self._error(frame_id, exc)
+            await self.close(code=CLOSE_UNAUTHENTICATED, reason=str(exc)[:120])
+            await self.disconnect(CLOSE_UNAUTHENTICATED)  # what still runs on the socket stops with it
+            return False
+        return True
 
     def _forget(self, frame_id: str) -> None:
         self.jobs.pop(frame_id, None)
@@ -126,10 +152,10 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         else:
             self.jobs[request.id][0].cancel()  # not yet submitted: stop before admission
 
-    async def _generate(self, request: GenerateFrame) -> None:
+    async def _generate(self, request: GenerateFrame, principal: Principal) -> None:
         try:
-            self.principal.require_scope("inference")
-            spec = await flow.resolve_spec(self.principal, request.model)
+            principal.require_scope("inference")
+            spec = await flow.resolve_spec(principal, request.model)
             schema = _schema(request)
             sampling = flow.build_sampling(request, spec, json_schema=schema)
             fields = (
@@ -139,7 +165,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
             )
             job = flow.make_job(spec, request, sampling=sampling, **fields)
             handle = await flow.submit(
-                principal=self.principal, spec=spec, job=job, endpoint="ws.generate",
+                principal=principal, spec=spec, job=job, endpoint="ws.generate",
                 request_id=flow.new_request_id(), client=(self.scope.get("client") or [None])[0],
             )  # fmt: skip
         except asyncio.CancelledError:
@@ -149,7 +175,24 @@ class GenerateConsumer(AsyncWebsocketConsumer):
             return
         self.handles[request.id] = handle
         await self.send_json({"type": "start", "id": request.id, "model": spec.model_id})
+        self._report_queue_position(request.id, handle)
         await self._relay(request.id, handle)
+
+    def _report_queue_position(self, frame_id: str, handle: JobHandle) -> None:
+        """A `queued` frame with the generation's place in the model's queue, each time it changes."""
+
+        def send(position: int | None) -> None:
+            if position is not None and frame_id in self.handles:
+                self._position_sends.add(task := asyncio.ensure_future(self._send_queued(frame_id, position)))
+                task.add_done_callback(self._position_sends.discard)
+
+        self._position_sends: set[asyncio.Future] = getattr(self, "_position_sends", set())
+        handle.on_position(send)
+        send(handle.position)
+
+    async def _send_queued(self, frame_id: str, position: int) -> None:
+        with contextlib.suppress(Exception):  # the socket closed meanwhile: nobody to tell
+            await self.send_json({"type": "queued", "id": frame_id, "position": position})
 
     async def _relay(self, frame_id: str, handle: JobHandle) -> None:
         """Send tokens as they come, merged with whatever queued while the client was slow.
@@ -191,7 +234,10 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         if not error.admitted:
             counters.count_rejected(WS_ROUTE, error.status)
         body = {"message": str(error), "type": error.error_type, "param": error.param, "code": error.code}
-        await self.send_json({"type": "error", "id": frame_id, "error": body})
+        frame = {"type": "error", "id": frame_id, "error": body}
+        if error.retry_after is not None:  # what HTTP sends as Retry-After (a 429, a 503)
+            frame["retry_after"] = error.retry_after
+        await self.send_json(frame)
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, ensure_ascii=False))

@@ -20,6 +20,7 @@ class RequestCounters:
         self._lock = threading.Lock()
         self.finished: Counter[tuple[str, str]] = Counter()
         self.rejected: Counter[tuple[str, int]] = Counter()
+        self.limited: Counter[str] = Counter()  # refusals by the token limit exceeded (also in `rejected`)
         self.completion_tokens = 0
         self.prompt_tokens = 0
 
@@ -33,11 +34,16 @@ class RequestCounters:
         with self._lock:
             self.rejected[(endpoint, status)] += 1
 
+    def count_limited(self, limit: str) -> None:
+        with self._lock:
+            self.limited[limit] += 1
+
     def snapshot(self) -> dict[str, object]:
         with self._lock:
             return {
                 "finished": {f"{e}:{s}": n for (e, s), n in sorted(self.finished.items())},
                 "rejected": {f"{e}:{s}": n for (e, s), n in sorted(self.rejected.items())},
+                "limited": dict(sorted(self.limited.items())),
                 "prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
             }
@@ -55,6 +61,7 @@ class Meter:
     token_id: int | None
     model_id: str
     client_address: str | None
+    lane: str = "interactive"
 
     def admit(self) -> None:
         start_usage(
@@ -63,6 +70,7 @@ class Meter:
             model_id=self.model_id,
             endpoint=self.endpoint,
             client_address=self.client_address,
+            lane=self.lane,
         )
 
     def finalize(self, outcome: Outcome) -> None:

@@ -170,6 +170,11 @@ class InferenceNodeConsumer(AsyncConsumer):
         entry.handle = handle
         if entry.cancelled:
             handle.cancel()
+        handle.on_position(
+            lambda position: self._spawn(
+                self._send(entry.reply_to, {"type": wire.QUEUED, "id": job_id, "position": position})
+            )
+        )
         try:
             await self._send(entry.reply_to, {"type": wire.START, "id": job_id, "prompt_tokens": prompt_tokens})
             await self._relay(job_id, entry.reply_to, handle)
@@ -180,18 +185,10 @@ class InferenceNodeConsumer(AsyncConsumer):
             self.jobs.pop(job_id, None)
 
     async def _queue(self, spec: ModelSpec, job: Job) -> tuple[CountingJobHandle, int]:
-        """LocalEngine.submit's steps with a counting handle: lease the model, tokenize, queue."""
-        pool = self.engine.pool
-        loaded = await asyncio.to_thread(pool.acquire, spec, keep_alive_s=job.keep_alive_s)
+        """The local engine's one submit path, with a counting handle."""
         handle = CountingJobHandle(job)
-        handle.on_outcome(lambda _outcome: pool.release(spec.model_id))
-        try:
-            tokens = [] if job.kind == "embedding" else await asyncio.to_thread(loaded.runner.tokenize_prompt, job)
-            await asyncio.to_thread(loaded.worker.submit, job, handle, tokens)
-        except BaseException:
-            pool.release(spec.model_id)
-            raise
-        return handle, len(tokens)
+        prompt_tokens = await asyncio.to_thread(self.engine.enqueue, spec, job, handle)
+        return handle, prompt_tokens
 
     async def _relay(self, job_id: str, reply_to: str, handle: JobHandle) -> None:
         events = handle.events()

@@ -43,6 +43,7 @@ API_MIDDLEWARE = [
     "karen_host.api_handler.InlineSecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",  # async-native
     "karen_host.api_handler.InlineCommonMiddleware",
+    "inference.limits.headers.RateLimitHeadersMiddleware",  # x-ratelimit-* from admission; async-native
 ]
 
 

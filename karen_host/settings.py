@@ -30,6 +30,10 @@ DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
+# What a browser client may read of a cross-origin response: the usage row, and the token limits (README, "Limits").
+CORS_EXPOSE_HEADERS = ["X-Request-Id", "Retry-After"] + [
+    f"x-ratelimit-{kind}-{unit}" for kind in ("limit", "remaining", "reset") for unit in ("requests", "tokens")
+]
 
 INSTALLED_APPS = [
     "daphne",  # first, so `manage.py runserver` serves ASGI (HTTP + websockets)
@@ -156,12 +160,30 @@ DEFAULT_KEEP_ALIVE_S = env.float("DEFAULT_KEEP_ALIVE_S", default=300.0)  # negat
 DEFAULT_KEEP_ALIVE_S = None if DEFAULT_KEEP_ALIVE_S < 0 else DEFAULT_KEEP_ALIVE_S
 MAX_QUEUE = env.int("MAX_QUEUE", default=64)
 QUEUE_TIMEOUT_S = env.float("QUEUE_TIMEOUT_S", default=120.0)
+QUEUE_SHARE_PER_TOKEN = env.float("QUEUE_SHARE_PER_TOKEN", default=0.5)  # of MAX_QUEUE one token may hold
+BATCH_MAX_WAIT_S = env.float("BATCH_MAX_WAIT_S", default=30.0)  # a batch request waiting this long goes first
 # Host memory per loaded model for the KV of conversations that had to leave their slot (0: off).
 PROMPT_CACHE_MB = env.float("PROMPT_CACHE_MB", default=1024.0)
 USAGE_STALE_AFTER_S = env.float("USAGE_STALE_AFTER_S", default=6 * 3600)  # a started row older is from a crash
 MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=8192)  # hard cap on any request's max_tokens
 AUTH_CACHE_TTL_S = env.float("AUTH_CACHE_TTL_S", default=5.0)  # revocation takes effect within this
 WS_MAX_BACKLOG = env.int("WS_MAX_BACKLOG", default=2000)  # undelivered events before a slow reader is cut off
+# Token limits (README, "Limits") are kept in Redis when REDIS_URL is set. A web node that dies
+# mid-request cannot release its requests in flight; Redis stops counting them after this.
+CONCURRENCY_LEASE_S = env.float("CONCURRENCY_LEASE_S", default=1800.0)
+
+# Bounds on what one request may ask (each refusal is a 400 naming the field; README, "Bounds").
+MAX_MESSAGES = env.int("MAX_MESSAGES", default=1000)
+MAX_STOP_STRINGS = env.int("MAX_STOP_STRINGS", default=4)  # OpenAI's limit
+MAX_STOP_CHARS = env.int("MAX_STOP_CHARS", default=256)
+MAX_LOGIT_BIAS = env.int("MAX_LOGIT_BIAS", default=1024)  # entries; ids must exist in the vocabulary
+JSON_SCHEMA_MAX_BYTES = env.int("JSON_SCHEMA_MAX_BYTES", default=64 * 1024)
+JSON_SCHEMA_MAX_DEPTH = env.int("JSON_SCHEMA_MAX_DEPTH", default=32)
+JSON_SCHEMA_MAX_REPETITIONS = env.int("JSON_SCHEMA_MAX_REPETITIONS", default=2000)  # llama.cpp's own cap
+GRAMMAR_MAX_BYTES = env.int("GRAMMAR_MAX_BYTES", default=256 * 1024)
+CHAT_TEMPLATE_MAX_OUTPUT_CHARS = env.int("CHAT_TEMPLATE_MAX_OUTPUT_CHARS", default=4 * 1024 * 1024)
+CHAT_TEMPLATE_TIMEOUT_S = env.float("CHAT_TEMPLATE_TIMEOUT_S", default=2.0)
+WS_MAX_FRAME_BYTES = env.int("WS_MAX_FRAME_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE)
 
 # Management REST API (models_app/api, Django REST framework) at /api/v1
 REST_FRAMEWORK = {

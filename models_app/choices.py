@@ -48,3 +48,10 @@ class UsageStatus(models.TextChoices):
 class NodeStatus(models.TextChoices):
     UP = "up", "Up"
     DOWN = "down", "Down (missed 3 heartbeats)"
+
+
+class Lane(models.TextChoices):
+    """A request's priority: interactive requests take free slots before batch ones."""
+
+    INTERACTIVE = "interactive", "Interactive"
+    BATCH = "batch", "Batch"

@@ -1,13 +1,15 @@
 """Selectors: the reads other rooms make of the registry and tokens."""
 
 from collections.abc import Collection
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Avg, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
 
-from models_app.choices import ModelStatus
+from models_app.choices import ModelStatus, UsageStatus
 from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
 from models_app.models.tokens import LOOKUP_LENGTH, TOKEN_PREFIX
 
@@ -19,7 +21,8 @@ def find_token(secret: str) -> APIToken | None:
     """
     if not secret.startswith(TOKEN_PREFIX) or len(secret) < LOOKUP_LENGTH + 16:
         return None
-    for token in APIToken.objects.filter(prefix=secret[:LOOKUP_LENGTH]).prefetch_related("allowed_models"):
+    tokens = APIToken.objects.filter(prefix=secret[:LOOKUP_LENGTH]).select_related("owner")
+    for token in tokens.prefetch_related("allowed_models"):
         if token.matches(secret):
             return token
     return None
@@ -30,7 +33,10 @@ class TokenRejected(Exception):
 
 
 def authenticate(secret: str) -> APIToken:
-    """The active token for `secret`; raise TokenRejected saying whether it is unknown, expired or revoked."""
+    """The active token for `secret`; TokenRejected saying why not: unknown, revoked, expired, owner deactivated.
+
+    Every surface asks here (/v1, native, websocket through inference.auth; /api/v1 through DRF).
+    """
     token = find_token(secret)
     if token is None:
         raise TokenRejected("Invalid API token.")
@@ -38,7 +44,23 @@ def authenticate(secret: str) -> APIToken:
         raise TokenRejected("This API token has been revoked.")
     if token.is_expired:
         raise TokenRejected(f"This API token expired at {token.expires_at:%Y-%m-%d %H:%M} UTC.")
+    if not token.owner.is_active:
+        raise TokenRejected(
+            f"This API token's owner ({token.owner.get_username()}) is deactivated; "
+            "an admin must reactivate the account before its tokens work again."
+        )
     return token
+
+
+def token_usage_now(*, token_id: int) -> dict[str, int]:
+    """A token's use now, from its usage rows: requests admitted and tokens finished in the last minute, in flight."""
+    cutoff = timezone.now() - timedelta(minutes=1)
+    totals = UsageRecord.objects.filter(token_id=token_id).aggregate(
+        requests=Count("pk", filter=Q(created_at__gte=cutoff)),
+        tokens=Coalesce(Sum(F("prompt_tokens") + F("completion_tokens"), filter=Q(finished_at__gte=cutoff)), 0),
+        in_flight=Count("pk", filter=Q(status=UsageStatus.STARTED)),
+    )
+    return {"requests": totals["requests"], "tokens": totals["tokens"], "in_flight": totals["in_flight"]}
 
 
 def resolve_model(model_id: str) -> LLMModel:

@@ -9,7 +9,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import models, transaction
 from django.utils import timezone
 
-from models_app.choices import ModelStatus, Scope, UsageStatus
+from models_app.choices import Lane, ModelStatus, Scope, UsageStatus
 from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
 from models_app.selectors import find_token
 from models_app.server_api import MissingServiceToken, read_service_token, write_service_token
@@ -28,8 +28,13 @@ def issue_token(
     expires_at: datetime | None = None,
     rate_limit_rpm: int | None = None,
     rate_limit_tpm: int | None = None,
+    max_concurrent: int | None = None,
+    lane: str = Lane.INTERACTIVE,
 ) -> tuple[APIToken, str]:
-    """Create a token; return it with its secret, which is never retrievable again."""
+    """Create a token; return it with its secret, which is never retrievable again.
+
+    What the caller may grant is checked before (models_app.grants); this checks the values.
+    """
     scopes = sorted(set(scopes))
     unknown = set(scopes) - set(Scope.values)
     if unknown:
@@ -42,6 +47,8 @@ def issue_token(
         raise TokenError(f"unknown model(s) {', '.join(sorted(missing))}; see `manage.py scan_models`")
     if expires_at is not None and expires_at <= timezone.now():
         raise TokenError("expires_at is in the past")
+    if lane not in Lane.values:
+        raise TokenError(f"unknown lane {lane!r}; choose from {', '.join(Lane.values)}")
     secret = APIToken.generate_secret()
     token = APIToken(
         name=name,
@@ -50,6 +57,8 @@ def issue_token(
         expires_at=expires_at,
         rate_limit_rpm=rate_limit_rpm,
         rate_limit_tpm=rate_limit_tpm,
+        max_concurrent=max_concurrent,
+        lane=lane,
     )
     token.set_secret(secret)
     with transaction.atomic():
@@ -86,13 +95,39 @@ def bootstrap_first_run(*, username: str = "admin") -> tuple[str, str, str] | No
     return username, password, secret
 
 
+def record_load_failure(*, model_id: str, reason: str, retry_in_s: float) -> None:
+    """Record a failed load: not `invalid` (the probe judges the file); the server retries after a back-off."""
+    from datetime import timedelta
+
+    from django.db.models import F
+    from django.utils import timezone
+
+    LLMModel.objects.filter(pk=model_id).update(
+        load_failures=F("load_failures") + 1, last_load_error=reason[:2000],
+        load_retry_at=timezone.now() + timedelta(seconds=retry_in_s),
+    )  # fmt: skip
+
+
+def clear_load_failure(*, model_id: str) -> None:
+    """A load succeeded: forget the failures before it."""
+    LLMModel.objects.filter(pk=model_id, load_failures__gt=0).update(
+        load_failures=0, last_load_error="", load_retry_at=None
+    )
+
+
 def mark_model_invalid(*, model_id: str, reason: str) -> None:
     """Record that a model cannot be served (e.g. llama.cpp failed to load it)."""
     LLMModel.objects.filter(pk=model_id).update(status=ModelStatus.INVALID, status_reason=reason[:2000])
 
 
 def start_usage(
-    *, request_id: str, token_id: int | None, model_id: str | None, endpoint: str, client_address: str | None
+    *,
+    request_id: str,
+    token_id: int | None,
+    model_id: str | None,
+    endpoint: str,
+    client_address: str | None,
+    lane: str = Lane.INTERACTIVE,
 ) -> None:
     """Admit a request: its usage row, status `started`, committed before the engine sees it."""
     UsageRecord.objects.create(
@@ -100,6 +135,7 @@ def start_usage(
         token_id=token_id,
         model_id=model_id,
         endpoint=endpoint,
+        lane=lane,
         client_address=client_address,
     )
 
@@ -247,6 +283,8 @@ def ensure_service_token() -> bool:
     except (MissingServiceToken, OSError):  # none yet, or unreadable: issue a fresh one below
         current = None
     if current is not None and current.is_active and current.name == SERVICE_TOKEN_NAME:
+        if current.lane != Lane.BATCH:  # issued before lanes existed: background work is batch
+            APIToken.objects.filter(pk=current.pk).update(lane=Lane.BATCH)
         return False
     User = get_user_model()
     user, created = User.objects.get_or_create(username=SERVICE_USERNAME)
@@ -256,7 +294,8 @@ def ensure_service_token() -> bool:
     with transaction.atomic():
         for old in APIToken.objects.filter(owner=user, name=SERVICE_TOKEN_NAME, revoked=False):
             revoke_token(token=old)
-        _, secret = issue_token(name=SERVICE_TOKEN_NAME, owner=user, scopes=SERVICE_SCOPES)
+        # batch: self-tests and preloads take the slots interactive clients leave free
+        _, secret = issue_token(name=SERVICE_TOKEN_NAME, owner=user, scopes=SERVICE_SCOPES, lane=Lane.BATCH)
         write_service_token(secret, settings.SERVICE_TOKEN_FILE)
     return True
 

@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 
 from models_app.models import LLMModel, SelfTestResult
 from models_app.server_api import ServerAPI, ServerRefused
-from models_app.services import mark_model_invalid, record_self_test
+from models_app.services import record_self_test
 
 # Greedy and seeded, so a model gives the same short answer every day and a change stands out.
 SELF_TEST_MESSAGES = [{"role": "user", "content": "Reply with one word: what colour is the sky on a clear day?"}]
 SELF_TEST_PARAMS = {"max_tokens": 8, "temperature": 0.0, "seed": 42, "stream": False}
 # The server's error code when llama.cpp could not load the file: the model is at fault,
 # unlike "no room" or "busy", which say something about the server's load right now.
-LOAD_FAILED = "model_load_failed"
 
 
 @dataclass
@@ -32,8 +31,9 @@ class PreloadReport:
 def preload_models(*, model_ids: Collection[str] | None = None, api: ServerAPI | None = None) -> PreloadReport:
     """Ask the server to load the enabled models marked `preload`, or exactly those in `model_ids`.
 
-    A model llama.cpp fails to load is marked invalid with the server's reason; other
-    refusals (no room, busy, not servable) are reported and change nothing.
+    Refusals are reported and change nothing here: a failed load is recorded by the server
+    itself (load_failures, last_load_error, retry after a back-off); only the probe marks a
+    file invalid.
     """
     api = api or ServerAPI()
     if model_ids is None:
@@ -43,9 +43,7 @@ def preload_models(*, model_ids: Collection[str] | None = None, api: ServerAPI |
         try:
             api.load_model(model_id)
         except ServerRefused as exc:
-            report.failed[model_id] = str(exc)
-            if exc.code == LOAD_FAILED:
-                mark_model_invalid(model_id=model_id, reason=f"failed to load on the server: {exc}")
+            report.failed[model_id] = str(exc)  # a failed load is recorded by the server, with its back-off
         else:
             report.loaded.append(model_id)
     return report

@@ -1,6 +1,7 @@
 """Shared cast: the bundled model on disk, its registry row, users and tokens."""
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,16 @@ from models_app.gguf_files import read_metadata
 from models_app.models import LLMModel, ModelConfig
 from models_app.scanning import apply_metadata
 from models_app.services import issue_token
+
+
+def wait_for(predicate, timeout: float = 60.0) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:

@@ -1,6 +1,7 @@
 """One error shape everywhere: OpenAI's {"error": {"message", "type", "param", "code"}}."""
 
 import logging
+import math
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
@@ -12,7 +13,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 
 from inference.engine.llama_runner import PromptError
 from inference.engine.pool import ModelBusy, ModelLoadFailed, NoRoom
-from inference.engine.scheduler import QueueFull
+from inference.engine.scheduler import QueueFull, SchedulerDown
 from inference.metering import counters
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,9 @@ def as_api_error(exc: Exception) -> APIError:
     if isinstance(exc, NoRoom):
         return Unavailable(str(exc), code="no_room", retry_after=5)
     if isinstance(exc, ModelLoadFailed):
-        return Unavailable(str(exc), code="model_load_failed")
+        return Unavailable(str(exc), code="model_load_failed", retry_after=max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, SchedulerDown):
+        return Unavailable(str(exc), code="scheduler_failed", retry_after=1)
     if isinstance(exc, ModelBusy):
         return Conflict(str(exc), code="model_busy")
     if isinstance(exc, RequestDataTooBig):

@@ -26,6 +26,7 @@ from inference.api.schemas import SamplingParams, parse_keep_alive
 from inference.auth import Principal
 from inference.engine import Job, JobHandle, Outcome, Sampling, Token, get_engine
 from inference.engine.spec import ModelSpec
+from inference.limits.admission import admit_within_limits
 from inference.metering import Meter
 from models_app.selectors import resolve_model
 
@@ -81,12 +82,21 @@ def make_job(spec: ModelSpec, params: SamplingParams, **fields: Any) -> Job:
 async def submit(
     *, principal: Principal, spec: ModelSpec, job: Job, endpoint: str, request_id: str, client: str | None
 ) -> JobHandle:
-    """Admit (usage row) and queue the job; refusals become APIErrors and are not billed."""
-    meter = Meter(request_id, endpoint, principal.token_id, spec.model_id, client)
+    """Apply the token's limits, admit (usage row) and queue the job; refusals become APIErrors, never billed."""
+    meter = Meter(request_id, endpoint, principal.token_id, spec.model_id, client, lane=principal.lane)
+    job.owner, job.lane = str(principal.token_id), principal.lane  # the fair queue's turns and lanes
+    # Only a token that may unload models may shorten a model's keep-alive for everyone else.
+    job.keep_alive_may_shorten = principal.has_scope("models:manage")
+    admission = await admit_within_limits(principal, job, request_id)  # RateLimited (429) past a token limit
     try:
-        return await get_engine().submit(spec, job, on_admit=meter.admit, on_outcome=meter.finalize)
-    except Exception as exc:
-        raise as_api_error(exc) from exc  # counted as a refusal where it is answered
+        return await get_engine().submit(
+            spec, job, on_admit=admission.guard_admit(meter.admit), on_outcome=admission.settle_first(meter.finalize)
+        )
+    except BaseException as exc:
+        admission.abandon()  # refused, or the caller left: the reservation is undone unless admitted
+        if isinstance(exc, Exception):
+            raise as_api_error(exc) from exc  # counted as a refusal where it is answered
+        raise
 
 
 def outcome_error(outcome: Outcome, request_id: str | None = None) -> APIError:
@@ -96,6 +106,8 @@ def outcome_error(outcome: Outcome, request_id: str | None = None) -> APIError:
     """
     if outcome.error_code in ("context_length_exceeded", "chat_template_error", "empty_prompt"):
         error: APIError = InvalidRequest(outcome.error, code=outcome.error_code)
+    elif outcome.error_code == "scheduler_failed":
+        error = Unavailable(outcome.error, code=outcome.error_code, retry_after=1)
     elif outcome.status == "timeout":
         error = Unavailable(outcome.error, code=outcome.error_code or "timeout", retry_after=5)
     elif outcome.status == "cancelled":

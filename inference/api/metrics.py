@@ -7,7 +7,7 @@ reports, labelled with the node's name as well as the model's.
 A model's counters start again from zero when it is loaded again; `rate()` handles that.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, PlatformCollector, ProcessCollector
@@ -31,19 +31,26 @@ _SCHEDULER_COUNTERS = [
     ("prompt_cache_hits", "prompt_cache_hits", "Requests whose prefix was restored from the prompt cache."),
     ("prompt_cache_tokens_restored", "prompt_cache_tokens_restored", "Tokens restored from the prompt cache."),
     ("queue_timeouts", "queue_timeouts", "Requests that waited past queue_timeout and got 503."),
+    ("request_failures", "request_failures", "Requests ended by a failure in their own step (others went on)."),
 ]
 # Per-model gauges: (metric name, help, value from a `loaded` entry of the engine status).
 _MODEL_GAUGES: list[tuple[str, str, Callable[[dict[str, Any]], float]]] = [
     ("slots", "Parallel slots (n_parallel) of a loaded model.", lambda m: m["slots"]),
     ("requests_running", "Requests holding a slot now.", lambda m: m["busy_slots"]),
     ("requests_waiting", "Requests in the model's wait queue now.", lambda m: m["queued"]),
+    ("requests_waiting_interactive", "Interactive-lane requests in the model's wait queue now.",
+     lambda m: m.get("queued_by_lane", {}).get("interactive", 0)),
+    ("requests_waiting_batch", "Batch-lane requests in the model's wait queue now.",
+     lambda m: m.get("queued_by_lane", {}).get("batch", 0)),
+    ("scheduler_alive", "1 while the model's scheduler thread runs; 0 between a failure and its restart.",
+     lambda m: 1 if m.get("scheduler_alive", True) else 0),
     ("model_memory_estimated_bytes", "A loaded model's estimated memory.", lambda m: m["estimated_mb"] * _MB),
     ("prompt_cache_bytes", "Bytes held by a model's host-memory prompt cache.",
      lambda m: m.get("scheduler", {}).get("prompt_cache_bytes", 0)),
     ("prompt_cache_entries", "Sequences held by a model's prompt cache.",
      lambda m: m.get("scheduler", {}).get("prompt_cache_entries", 0)),
 ]  # fmt: skip
-_POOL_COUNTERS = ["loads", "hits", "misses", "evictions", "idle_unloads", "load_failures"]
+_POOL_COUNTERS = ["loads", "hits", "misses", "evictions", "idle_unloads", "load_failures", "scheduler_restarts"]
 
 
 def _name(name: str) -> str:
@@ -53,9 +60,15 @@ def _name(name: str) -> str:
 class EngineCollector:
     """A Prometheus collector over the engine's and the request counters' snapshots."""
 
+    def __init__(self, only: Collection[str] = ()) -> None:
+        self.only = frozenset(only)  # a token limited to some models sees only their series
+
     def collect(self) -> Iterator[Metric]:
         yield from self._requests(counters.snapshot())
-        yield from self._engine(get_engine().status())
+        status = get_engine().status()
+        if self.only:
+            status = {**status, "loaded": [m for m in status["loaded"] if m["id"] in self.only]}
+        yield from self._engine(status)
 
     @staticmethod
     def _requests(snapshot: dict[str, Any]) -> Iterator[Metric]:
@@ -73,6 +86,14 @@ class EngineCollector:
         for key, n in snapshot["rejected"].items():
             rejected.add_metric(key.rsplit(":", 1), n)
         yield rejected
+        limited = CounterMetricFamily(
+            _name("requests_limited"),
+            "Requests refused (429) by a token's limit: requests, tokens (per minute) or concurrency.",
+            labels=["limit"],
+        )
+        for limit, n in snapshot.get("limited", {}).items():
+            limited.add_metric([limit], n)
+        yield limited
         yield CounterMetricFamily(
             _name("prompt_tokens"), "Prompt tokens of finished requests.", value=snapshot["prompt_tokens"]
         )
@@ -117,12 +138,18 @@ class EngineCollector:
                 yield CounterMetricFamily(_name(f"pool_{key}"), f"Model pool {key.replace('_', ' ')}.", value=pool[key])
 
 
-_registry = CollectorRegistry(auto_describe=False)
-_registry.register(EngineCollector())
-ProcessCollector(registry=_registry)
-PlatformCollector(registry=_registry)
+def _registry_for(only: Collection[str]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(only))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text and its content type."""
-    return _generate_latest(_registry), CONTENT_TYPE_PLAIN_0_0_4  # what every Prometheus reads
+_registry = _registry_for(())
+
+
+def render(*, only: Collection[str] = ()) -> tuple[bytes, str]:
+    """The exposition text and its content type; `only`: just these models' series (empty: all)."""
+    registry = _registry_for(only) if only else _registry
+    return _generate_latest(registry), CONTENT_TYPE_PLAIN_0_0_4  # what every Prometheus reads

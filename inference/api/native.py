@@ -18,7 +18,7 @@ from inference.api import flow
 from inference.api.errors import NotFound, Unavailable, as_api_error
 from inference.api.metrics import render as render_metrics
 from inference.api.schemas import LoadRequest, NativeInferenceRequest, parse_keep_alive
-from inference.auth import BearerAuth
+from inference.auth import BearerAuth, Principal
 from inference.engine import Token, get_engine
 from inference.metering import counters
 from models_app.selectors import latest_self_tests, resolve_model, servable_models
@@ -55,14 +55,18 @@ def health(request: HttpRequest) -> dict[str, Any]:
         "status": "healthy",
         "uptime_s": round(time.time() - _STARTED, 1),
         "loaded_models": [m["id"] for m in status["loaded"]],
+        # a scheduler that failed is replaced at once; these say it happened, and whether all run now
+        "schedulers_alive": all(m.get("scheduler_alive", True) for m in status["loaded"]),
+        "scheduler_restarts": status.get("stats", {}).get("scheduler_restarts", 0),
     }
 
 
 @router.get("/models", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
 async def models(request: HttpRequest) -> dict[str, Any]:
-    """Available (servable) models, the loaded ones, and the current (most recently used) one."""
-    available = [_model_entry(m) for m in await sync_to_async(servable_models)()]
-    loaded = get_engine().status()["loaded"]
+    """Servable models, the loaded ones and the current (most recently used) one, of those the token may use."""
+    principal = request.auth
+    available = [_model_entry(m) for m in await sync_to_async(servable_models)() if principal.may_use(m.id)]
+    loaded = _engine_status(principal)["loaded"]
     return {"available": available, "loaded": loaded, "current": loaded[0] if loaded else None}
 
 
@@ -80,6 +84,7 @@ async def load_model(request: HttpRequest, body: LoadRequest) -> dict[str, Any]:
 @router.post("/models/unload/{model_id}", auth=BearerAuth("models:manage"), response={200: dict, **_ERRORS})
 async def unload_model(request: HttpRequest, model_id: str) -> dict[str, Any]:
     """Unload a model; 409 while it serves requests; `not_loaded` if it was not loaded."""
+    request.auth.require_model(model_id)
     try:
         unloaded = await get_engine().unload(model_id)
     except Exception as exc:
@@ -87,20 +92,33 @@ async def unload_model(request: HttpRequest, model_id: str) -> dict[str, Any]:
     return {"status": "success" if unloaded else "not_loaded", "model_id": model_id}
 
 
-async def _default_model_id() -> str:
-    loaded = get_engine().status()["loaded"]
+def _engine_status(principal: Principal) -> dict[str, Any]:
+    """The engine's status with only the models the token may use (loaded list and per-model load times)."""
+    status = get_engine().status()
+    if not principal.allowed_models:
+        return status
+    stats = dict(status["stats"])
+    if "load_ms" in stats:
+        stats["load_ms"] = {k: v for k, v in stats["load_ms"].items() if principal.may_use(k)}
+    return {**status, "loaded": [m for m in status["loaded"] if principal.may_use(m["id"])], "stats": stats}
+
+
+async def _default_model_id(principal: Principal) -> str:
+    """The most recently used loaded model the token may use, else the first servable one."""
+    loaded = _engine_status(principal)["loaded"]
     if loaded:
         return loaded[0]["id"]
-    models = await sync_to_async(servable_models)()
+    models = [m for m in await sync_to_async(servable_models)() if principal.may_use(m.id)]
     if not models:
-        raise Unavailable("No model is available; add a .gguf to MODELS_DIR and scan.", code="no_model")
+        raise Unavailable("No model this token may use is available; add a .gguf to MODELS_DIR and scan.",
+                          code="no_model")  # fmt: skip
     return models[0].id
 
 
 @router.post("/inference", auth=BearerAuth("inference"), response={200: dict, **_ERRORS})
 async def inference(request: HttpRequest, body: NativeInferenceRequest) -> HttpResponse:
     """Answer `prompt` as a user message with the current (or named) model."""
-    model_id = body.model_id or await _default_model_id()
+    model_id = body.model_id or await _default_model_id(request.auth)
     spec = await flow.resolve_spec(request.auth, model_id)
     messages = [{"role": "system", "content": body.system_prompt}] if body.system_prompt else []
     messages.append({"role": "user", "content": body.prompt})
@@ -146,13 +164,13 @@ async def inference(request: HttpRequest, body: NativeInferenceRequest) -> HttpR
 
 @router.get("/performance", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
 def performance(request: HttpRequest) -> dict[str, Any]:
-    """Engine, pool and request counters, and this process's memory and CPU."""
+    """Engine, pool and request counters, and this process's memory and CPU (models: those the token may use)."""
     process = psutil.Process(os.getpid())
     with process.oneshot():
         memory = process.memory_info()
         cpu = process.cpu_percent(interval=None)
     return {
-        "engine": get_engine().status(),
+        "engine": _engine_status(request.auth),
         "requests": counters.snapshot(),
         "process": {"rss_mb": round(memory.rss / 2**20, 1), "cpu_percent": cpu, "threads": process.num_threads()},
         "system": {"memory_percent": psutil.virtual_memory().percent, "cpu_count": os.cpu_count()},
@@ -162,15 +180,15 @@ def performance(request: HttpRequest) -> dict[str, Any]:
 
 @router.get("/metrics", auth=BearerAuth("models:read"), response={200: None, **_ERRORS})
 def metrics(request: HttpRequest) -> HttpResponse:
-    """The same counters as /performance in Prometheus' text format, for a scrape job."""
-    body, content_type = render_metrics()
+    """The same counters as /performance in Prometheus' text format, for a scrape job (the token's models only)."""
+    body, content_type = render_metrics(only=request.auth.allowed_models)
     return HttpResponse(body, content_type=content_type)
 
 
 @router.get("/karen/config", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
 async def karen_config(request: HttpRequest) -> dict[str, Any]:
     """What KAREN should use: the default model, its sampling defaults and the endpoints."""
-    model_id = await _default_model_id()
+    model_id = await _default_model_id(request.auth)
     try:
         model = await sync_to_async(resolve_model)(model_id)
     except LookupError as exc:

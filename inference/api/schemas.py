@@ -48,7 +48,7 @@ class SamplingParams(Strict):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     seed: int | None = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: str | list[str] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     keep_alive: str | float | None = None
 
@@ -59,12 +59,25 @@ class SamplingParams(Strict):
             raise ValueError(f"at most {settings.MAX_TOKENS_LIMIT} (MAX_TOKENS_LIMIT)")
         return value
 
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > settings.MAX_STOP_STRINGS:
+            raise ValueError(f"at most {settings.MAX_STOP_STRINGS} stop strings (MAX_STOP_STRINGS)")
+        if any(len(stop) > settings.MAX_STOP_CHARS for stop in stops):
+            raise ValueError(f"each stop string is at most {settings.MAX_STOP_CHARS} characters (MAX_STOP_CHARS)")
+        return value
+
     @field_validator("logit_bias")
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is not None and len(value) > settings.MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {settings.MAX_LOGIT_BIAS} entries (MAX_LOGIT_BIAS)")
         for key in value or {}:
-            if not key.isdigit():
-                raise ValueError(f"keys are token ids; '{key}' is not")
+            # ASCII digits only: "²".isdigit() is true, and int("²") fails
+            if not (key.isascii() and key.isdigit()) or len(key) > 10:
+                raise ValueError(f"keys are token ids (non-negative integers); {key[:20]!r} is not")
         return value
 
     @field_validator("keep_alive")
@@ -72,6 +85,12 @@ class SamplingParams(Strict):
     def _keep_alive(cls, value: str | float | None) -> str | float | None:
         parse_keep_alive(value)
         return value
+
+
+def check_message_count(messages: list[Any]) -> list[Any]:
+    if len(messages) > settings.MAX_MESSAGES:
+        raise ValueError(f"at most {settings.MAX_MESSAGES} messages (MAX_MESSAGES)")
+    return messages
 
 
 class StreamOptions(Strict):
@@ -132,11 +151,16 @@ class _Generation(SamplingParams):
 
 
 class ChatCompletionRequest(_Generation):
-    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=1000)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _bounded_messages(cls, value: list[ChatMessage]) -> list[ChatMessage]:
+        return check_message_count(value)
 
     @field_validator("tools")
     @classmethod

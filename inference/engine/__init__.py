@@ -1,12 +1,14 @@
 """The engine: one interface (submit a job, stream its events, cancel) over llama.cpp."""
 
+import logging
 import threading
 from typing import TYPE_CHECKING
 
 import psutil
 from django.conf import settings
 
-from inference.engine.jobs import Job, JobHandle, Outcome, Sampling, Token
+from inference.engine.grammar import SchemaBounds
+from inference.engine.jobs import Job, JobHandle, Outcome, RequestBounds, Sampling, Token
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelPool
 
@@ -17,10 +19,35 @@ _engine: "LocalEngine | RemoteEngine | None" = None
 _engine_lock = threading.Lock()
 
 
-def _mark_invalid(model_id: str, reason: str) -> None:
-    from models_app.services import mark_model_invalid
+def _record_load_failure(model_id: str, reason: str, retry_in_s: float) -> None:
+    from models_app.services import record_load_failure
 
-    mark_model_invalid(model_id=model_id, reason=reason)
+    try:
+        record_load_failure(model_id=model_id, reason=reason, retry_in_s=retry_in_s)
+    except Exception:  # the registry is a mirror of the pool's own record: its failure is not the request's
+        logging.getLogger(__name__).exception("could not record the failed load of %s", model_id)
+
+
+def _clear_load_failure(model_id: str) -> None:
+    from models_app.services import clear_load_failure
+
+    try:
+        clear_load_failure(model_id=model_id)
+    except Exception:
+        logging.getLogger(__name__).exception("could not clear the failed loads of %s", model_id)
+
+
+def request_bounds() -> RequestBounds:
+    """The bounds on one request, from settings (README, "Bounds")."""
+    return RequestBounds(
+        schema=SchemaBounds(
+            max_bytes=settings.JSON_SCHEMA_MAX_BYTES, max_depth=settings.JSON_SCHEMA_MAX_DEPTH,
+            max_repetitions=settings.JSON_SCHEMA_MAX_REPETITIONS, max_grammar_bytes=settings.GRAMMAR_MAX_BYTES,
+        ),
+        max_logit_bias=settings.MAX_LOGIT_BIAS,
+        template_timeout_s=settings.CHAT_TEMPLATE_TIMEOUT_S,
+        template_max_chars=settings.CHAT_TEMPLATE_MAX_OUTPUT_CHARS,
+    )  # fmt: skip
 
 
 def get_engine() -> "LocalEngine | RemoteEngine":
@@ -41,8 +68,12 @@ def get_engine() -> "LocalEngine | RemoteEngine":
                     max_queue=settings.MAX_QUEUE,
                     queue_timeout_s=settings.QUEUE_TIMEOUT_S,
                     prompt_cache_mb=settings.PROMPT_CACHE_MB,
-                    on_load_failed=_mark_invalid,
-                )
+                    owner_share=settings.QUEUE_SHARE_PER_TOKEN,
+                    batch_age_s=settings.BATCH_MAX_WAIT_S,
+                    on_load_failed=_record_load_failure,
+                    on_loaded=_clear_load_failure,
+                ),
+                request_bounds(),
             )
         return _engine
 

@@ -1,15 +1,18 @@
 """A job is plain data; what comes back is a stream of typed events."""
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from inference.engine.grammar import SchemaBounds
 
 JobKind = Literal["chat", "completion", "embedding"]
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -33,6 +36,16 @@ class Sampling:
     max_tokens: int = 256
 
 
+@dataclass(frozen=True)
+class RequestBounds:
+    """What the engine lets one request ask for (from settings; README, "Bounds")."""
+
+    schema: SchemaBounds = field(default_factory=SchemaBounds)
+    max_logit_bias: int = 1024
+    template_timeout_s: float = 2.0
+    template_max_chars: int = 4 * 1024 * 1024
+
+
 @dataclass
 class Job:
     """One generation (or embedding) request for one model."""
@@ -45,6 +58,10 @@ class Job:
     sampling: Sampling = field(default_factory=Sampling)
     # Seconds to stay loaded after this request: None forever, -1.0 the pool's default.
     keep_alive_s: float | None = -1.0
+    # False (a caller without models:manage): keep_alive_s may lengthen the model's keep-alive, never shorten it.
+    keep_alive_may_shorten: bool = True
+    owner: str = ""  # who asked (the token): the fair queue takes turns between owners
+    lane: str = "interactive"  # or "batch": interactive requests take free slots first
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted_at_perf: float = field(default_factory=time.perf_counter)
 
@@ -88,6 +105,10 @@ class Outcome:
 
 Event = Token | Outcome
 _batch = threading.local()
+# Outcomes are settled here, not on the thread that ends the job: settling runs the job's
+# callbacks (the usage row's ORM write, the pool's release, the limiter's settlement), and
+# the decode thread must not wait on a database for any of them.
+_settlers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="job-outcome")
 
 
 @contextmanager
@@ -97,11 +118,12 @@ def batched_handoffs() -> Iterator[None]:
     The scheduler wraps each decode step in this: with eight streams, eight separate
     wake-ups per step cost the event loop (and so llama.cpp's threads) more than one.
     """
-    _batch.pending = []
+    _batch.pending, _batch.outcomes = [], []
     try:
         yield
     finally:
         pending, _batch.pending = _batch.pending, None
+        outcomes, _batch.outcomes = _batch.outcomes, None
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[JobHandle, Event]]] = {}
         for handle, event in pending:
             by_loop.setdefault(handle._loop, []).append((handle, event))
@@ -111,6 +133,8 @@ def batched_handoffs() -> Iterator[None]:
             except RuntimeError:  # that loop is closed: its callers are gone
                 for handle, _ in items:
                     handle.cancelled.set()
+        for handle, outcome in outcomes:  # after the tokens: each loop sees them before the end
+            _settlers.submit(handle._settle, outcome)
 
 
 def _deliver_all(items: list[tuple["JobHandle", Event]]) -> None:
@@ -139,6 +163,9 @@ class JobHandle:
         self._coalesce_s = coalesce_s
         self._held: list[str] = []
         self._last_handoff = 0.0
+        # Where the job waits in its model's queue (0: next), None once it holds a slot.
+        self.position: int | None = None
+        self._position_listeners: list[Callable[[int | None], None]] = []
 
     def push(self, event: Event) -> None:
         """Hand an event to the event loop; called from the worker thread only."""
@@ -154,9 +181,19 @@ class JobHandle:
         if self._held:
             self._handoff(Token("".join(self._held)))
             self._held.clear()
-        if not self.outcome.done():
-            self.outcome.set_result(event)
-        self._handoff(event)
+        outcomes = getattr(_batch, "outcomes", None)
+        if outcomes is not None:  # inside batched_handoffs(): settled once the step's tokens are out
+            outcomes.append((self, event))
+        else:
+            _settlers.submit(self._settle, event)
+
+    def _settle(self, outcome: Outcome) -> None:
+        """Run the outcome's callbacks, then hand it over (a settler thread, never the decode thread)."""
+        try:
+            if not self.outcome.done():
+                self.outcome.set_result(outcome)
+        finally:
+            self._handoff(outcome)
 
     def _handoff(self, event: Event) -> None:
         pending = getattr(_batch, "pending", None)
@@ -167,6 +204,22 @@ class JobHandle:
             self._loop.call_soon_threadsafe(self._deliver, event)
         except RuntimeError:  # the loop is closed: the caller is gone, nobody to tell
             self.cancelled.set()
+
+    def report_position(self, position: int | None) -> None:
+        """Say where the job stands in its model's queue (None: it holds a slot); safe from any thread."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting to hear it
+            self._loop.call_soon_threadsafe(self._set_position, position)
+
+    def on_position(self, listener: Callable[[int | None], None]) -> None:
+        """Call `listener(position)` on the event loop each time the job's queue position changes."""
+        self._position_listeners.append(listener)
+
+    def _set_position(self, position: int | None) -> None:
+        if position == self.position:
+            return
+        self.position = position
+        for listener in list(self._position_listeners):
+            listener(position)
 
     def cancel(self) -> None:
         """Stop the job at its next token (or before it starts); safe from any thread."""

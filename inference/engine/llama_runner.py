@@ -7,19 +7,18 @@ advances every active request. Only the model's scheduler thread decodes;
 """
 
 import ctypes
-import json
 import logging
 import os
-import threading
-import time
-from functools import lru_cache
+import random
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-from inference.engine.jobs import Job, Outcome, Sampling
+from inference.engine.grammar import SchemaRefused, schema_grammar
+from inference.engine.jobs import Job, RequestBounds, Sampling
 from inference.engine.spec import ModelSpec
 from models_app.chat_templates import ChatTemplateError, render_chat_template
 
@@ -82,16 +81,12 @@ class GreedyArgmax:
         return int(logits.argmax())
 
 
-@lru_cache(maxsize=64)
-def _grammar(schema_json: str) -> llama_cpp.LlamaGrammar:
-    if schema_json == "{}":
-        return llama_cpp.LlamaGrammar.from_string(llama_cpp.llama_grammar.JSON_GBNF, verbose=False)
-    return llama_cpp.LlamaGrammar.from_json_schema(schema_json, verbose=False)
+@dataclass
+class Prepared:
+    """A request checked and built on its own worker thread: what the decode thread runs as is."""
 
-
-def compile_grammar(schema: dict[str, Any]) -> llama_cpp.LlamaGrammar:
-    """A grammar that only admits JSON matching `schema` ({} = any JSON object)."""
-    return _grammar(json.dumps(schema, sort_keys=True))
+    tokens: list[int]
+    sampler: "_internals.LlamaSampler | GreedyArgmax"
 
 
 def _message_text(content: Any) -> str:
@@ -143,8 +138,6 @@ class LlamaRunner:
         self.n_vocab = self.model.n_vocab()
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
-        self._embedder: llama_cpp.Llama | None = None
-        self._embedder_lock = threading.Lock()
 
     @property
     def n_ctx_slot(self) -> int:
@@ -152,7 +145,7 @@ class LlamaRunner:
         return self.ctx.n_ctx() // self.n_parallel
 
     # -- prompts ---------------------------------------------------------------------
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
+    def render_chat(self, messages: list[dict[str, Any]], bounds: RequestBounds | None = None) -> str:
         """The prompt for `messages` through the model's own template (sandboxed)."""
         if not self.spec.chat_template:
             raise PromptError(
@@ -163,16 +156,18 @@ class LlamaRunner:
         messages = [{**m, "content": _message_text(m.get("content"))} for m in messages]
         if self.spec.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.spec.system_prompt})
+        bounds = bounds or RequestBounds()
         try:
             return render_chat_template(
-                self.spec.chat_template, messages, bos_token=self.spec.bos_token, eos_token=self.spec.eos_token
-            )
+                self.spec.chat_template, messages, bos_token=self.spec.bos_token, eos_token=self.spec.eos_token,
+                timeout_s=bounds.template_timeout_s, max_output_chars=bounds.template_max_chars,
+            )  # fmt: skip
         except ChatTemplateError as exc:
             raise PromptError(str(exc), param="messages", code="chat_template_error") from exc
 
-    def tokenize_prompt(self, job: Job) -> list[int]:
+    def tokenize_prompt(self, job: Job, bounds: RequestBounds | None = None) -> list[int]:
         """Prompt tokens for a chat or completion job; raise PromptError if they do not fit."""
-        text = self.render_chat(job.messages) if job.kind == "chat" else job.prompt
+        text = self.render_chat(job.messages, bounds) if job.kind == "chat" else job.prompt
         add_bos = self.spec.add_bos and not (self.spec.bos_token and text.startswith(self.spec.bos_token))
         tokens = self.model.tokenize(text.encode(), add_bos=add_bos, special=True)
         param = "messages" if job.kind == "chat" else "prompt"
@@ -188,12 +183,45 @@ class LlamaRunner:
             )
         return tokens
 
-    # -- decoding (scheduler thread only) ------------------------------------------------
-    def new_sampler(self, sampling: Sampling, seed: int) -> _internals.LlamaSampler | GreedyArgmax:
+    def prepare(self, job: Job, bounds: RequestBounds) -> Prepared:
+        """Check a generation job against this model and build its sampler; PromptError naming the field.
+
+        Runs on the request's worker thread: nothing that can fail for the request's own
+        reasons is left for the decode thread.
+        """
+        tokens = self.tokenize_prompt(job, bounds)
+        sampling = job.sampling
+        if len(sampling.logit_bias) > bounds.max_logit_bias:
+            raise PromptError(
+                f"logit_bias has {len(sampling.logit_bias)} entries; the limit is {bounds.max_logit_bias} "
+                "(MAX_LOGIT_BIAS)",
+                param="logit_bias",
+                code="invalid_value",
+            )
+        for token in sampling.logit_bias:
+            if not 0 <= token < self.n_vocab:
+                raise PromptError(
+                    f"logit_bias names token {token}, which {self.spec.model_id}'s vocabulary does not have "
+                    f"(ids 0-{self.n_vocab - 1})",
+                    param="logit_bias",
+                    code="invalid_value",
+                )
+        grammar = None
+        if sampling.json_schema is not None:
+            try:
+                grammar = schema_grammar(sampling.json_schema, bounds.schema)
+            except SchemaRefused as exc:
+                raise PromptError(str(exc), param=exc.param, code="unsupported_schema") from exc
+        seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
+        return Prepared(tokens, self.new_sampler(sampling, seed, grammar))
+
+    def new_sampler(
+        self, sampling: Sampling, seed: int, grammar: str | None = None
+    ) -> _internals.LlamaSampler | GreedyArgmax:
         """A sampler chain for one request: bias, penalties, grammar, then greedy or random."""
         neutral = sampling.repeat_penalty == 1 and not sampling.frequency_penalty and not sampling.presence_penalty
-        if sampling.temperature == 0 and neutral and sampling.json_schema is None:
-            return GreedyArgmax({t: b for t, b in sampling.logit_bias.items() if 0 <= t < self.n_vocab})
+        if sampling.temperature == 0 and neutral and grammar is None:
+            return GreedyArgmax(sampling.logit_bias)
         sampler = _internals.LlamaSampler()
         if sampling.logit_bias:
             sampler.add_logit_bias(self.n_vocab, sampling.logit_bias)
@@ -201,8 +229,16 @@ class LlamaRunner:
             self.n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, sampling.frequency_penalty,
             sampling.presence_penalty,
         )  # fmt: skip
-        if sampling.json_schema is not None:
-            sampler.add_grammar(self.model, compile_grammar(sampling.json_schema))
+        if grammar is not None:
+            compiled = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+            if not compiled:  # llama.cpp could not parse it: the schema's fault, said before admission
+                sampler.close()
+                raise PromptError(
+                    "llama.cpp could not parse the grammar made from the schema; simplify the schema",
+                    param="response_format",
+                    code="unsupported_schema",
+                )
+            llama_cpp.llama_sampler_chain_add(sampler.sampler, compiled)
         if sampling.temperature == 0:
             sampler.add_greedy()
         else:
@@ -210,9 +246,10 @@ class LlamaRunner:
             sampler.add_top_p(sampling.top_p, 1)
             sampler.add_min_p(sampling.min_p, 1)
             sampler.add_temp(sampling.temperature)
-            sampler.add_dist(seed)
+            sampler.add_dist(seed & 0xFFFFFFFF)  # llama.cpp takes 32 bits; any int a client sends maps into them
         return sampler
 
+    # -- decoding (scheduler thread only) ------------------------------------------------
     def sample(self, sampler: _internals.LlamaSampler | GreedyArgmax, index: int) -> int:
         """The next token of a sequence from the logits at batch position `index`."""
         if isinstance(sampler, GreedyArgmax):
@@ -258,43 +295,7 @@ class LlamaRunner:
         """Drop a slot's KV from `from_pos` on (0: all of it)."""
         llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq_id, from_pos, -1)
 
-    # -- embeddings -------------------------------------------------------------------
-    def embed(self, job: Job) -> Outcome:
-        """Mean-pooled, normalized embeddings of `job.inputs` from a second, embedding context."""
-        n_ctx = min(self.spec.llama_kwargs["n_ctx"], 2048)
-        with self._embedder_lock:
-            if self._embedder is None:
-                self._embedder = llama_cpp.Llama(
-                    self.spec.path, embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                    n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_gpu_layers=self.spec.llama_kwargs["n_gpu_layers"],
-                    n_threads=_threads(self.spec.llama_kwargs["n_threads"]),
-                    n_threads_batch=_threads(self.spec.llama_kwargs["n_threads"]), verbose=False,
-                )  # fmt: skip
-        started = time.perf_counter()
-        counts = []
-        for i, text in enumerate(job.inputs):
-            n = len(self._embedder.tokenize(text.encode(), add_bos=self.spec.add_bos, special=True))
-            if n > n_ctx:
-                raise PromptError(
-                    f"input[{i}] is {n} tokens; embeddings take at most {n_ctx}.",
-                    param="input",
-                    code="context_length_exceeded",
-                )
-            counts.append(n)
-        vectors = self._embedder.embed(job.inputs, normalize=True)
-        ended = time.perf_counter()
-        return Outcome(
-            status="completed",
-            finish_reason="stop",
-            prompt_tokens=sum(counts),
-            embeddings=vectors,
-            prompt_ms=(ended - started) * 1000,
-            duration_ms=(ended - job.submitted_at_perf) * 1000,
-        )
-
     def close(self) -> None:
         self.batch.close()
         self.ctx.close()
         self.model.close()
-        if self._embedder is not None:
-            self._embedder.close()

@@ -1,10 +1,11 @@
 """The in-process engine: the model pool and its workers, behind submit / events / cancel."""
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
-from inference.engine.jobs import Job, JobHandle, Outcome
+from inference.engine.jobs import Job, JobHandle, Outcome, RequestBounds
 from inference.engine.pool import ModelPool
 from inference.engine.spec import ModelSpec
 
@@ -12,8 +13,9 @@ from inference.engine.spec import ModelSpec
 class LocalEngine:
     """Runs jobs on this machine. Views only see `submit`, `load`, `unload` and `status`."""
 
-    def __init__(self, pool: ModelPool) -> None:
+    def __init__(self, pool: ModelPool, bounds: RequestBounds | None = None) -> None:
         self.pool = pool
+        self.bounds = bounds or RequestBounds()
 
     async def submit(
         self,
@@ -36,19 +38,30 @@ class LocalEngine:
         # One hop to a worker thread for all the blocking steps: each hop costs a GIL
         # hand-over, and under load those add up to milliseconds of time to first token.
         try:
-            await asyncio.to_thread(self._queue, spec, job, handle, on_admit)
+            await asyncio.to_thread(self.enqueue, spec, job, handle, on_admit)
         except asyncio.CancelledError:  # the caller left: a job queued anyway ends at once
             handle.cancel()
             raise
         return handle
 
-    def _queue(self, spec: ModelSpec, job: Job, handle: JobHandle, on_admit: Callable[[], None] | None) -> None:
-        """Acquire the model, tokenize, admit and queue (worker thread); the pool is released on failure."""
-        loaded = self.pool.acquire(spec, keep_alive_s=job.keep_alive_s)
+    def enqueue(self, spec: ModelSpec, job: Job, handle: JobHandle, on_admit: Callable[[], None] | None = None) -> int:
+        """Acquire the model, prepare the job, admit and queue it; return its prompt tokens.
+
+        The one submit path of this machine, for `submit` and for an inference node alike.
+        Blocking: runs on a worker thread, never the event loop nor the model's decode thread.
+        Preparing (template, tokens, logit_bias ids, schema -> grammar, the sampler) raises
+        PromptError for what the request got wrong; the pool is released on any failure.
+        """
+        loaded = self.pool.acquire(spec, keep_alive_s=job.keep_alive_s, may_shorten=job.keep_alive_may_shorten)
         try:
-            tokens = [] if job.kind == "embedding" else loaded.runner.tokenize_prompt(job)
             handle.on_outcome(lambda _outcome: self.pool.release(spec.model_id))
-            loaded.worker.submit(job, handle, tokens, before_queue=on_admit)
+            if job.kind == "embedding":
+                inputs = loaded.embedder.prepare(job)
+                loaded.embedder.submit(job, handle, inputs, before_queue=on_admit)
+                return sum(len(tokens) for tokens in inputs)
+            prepared = loaded.runner.prepare(job, self.bounds)
+            loaded.worker.submit(job, handle, prepared, before_queue=on_admit)
+            return len(prepared.tokens)
         except BaseException:
             self.pool.release(spec.model_id)
             raise
@@ -64,6 +77,7 @@ class LocalEngine:
     def status(self) -> dict[str, Any]:
         """What is loaded now, the pool's counters and budget (cheap; no llama.cpp calls)."""
         pool = self.pool
+        now = time.monotonic()
         return {
             "loaded": [
                 {
@@ -71,8 +85,10 @@ class LocalEngine:
                     "n_ctx": m.spec.n_ctx,
                     "estimated_mb": round(m.estimated_mb, 1),
                     "load_ms": round(m.load_ms, 1),
-                    "in_flight": m.worker.in_flight,
+                    "in_flight": m.in_flight,
                     "queued": m.worker.waiting,
+                    "queued_by_lane": dict(m.worker.waiting_by_lane),
+                    "scheduler_alive": m.worker.alive,
                     "slots": m.runner.n_parallel,
                     "busy_slots": m.worker.running,
                     "scheduler": dict(m.worker.stats),
@@ -84,4 +100,8 @@ class LocalEngine:
             "memory_budget_mb": pool.budget_mb,
             "memory_used_mb": round(pool.used_mb(), 1),
             "stats": vars(pool.stats),
+            "load_failures": {
+                model_id: {"count": f.count, "reason": f.reason, "retry_in_s": round(max(0.0, f.retry_at - now), 1)}
+                for model_id, f in list(pool.load_failures.items())
+            },
         }

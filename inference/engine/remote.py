@@ -251,6 +251,8 @@ class RemoteEngine:
         if kind == wire.TOKEN:
             flight.streamed, flight.tokens = True, message["n"]
             flight.handle.push(Token(message["text"]))
+        elif kind == wire.QUEUED:
+            flight.handle.report_position(message["position"])
         elif kind == wire.START:
             flight.prompt_tokens = message["prompt_tokens"]
             _resolve(flight.started, None)

@@ -15,38 +15,52 @@ runs on the scheduler's own thread, the only one that calls llama.cpp for this m
 import codecs
 import logging
 import queue
-import random
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp
 
+from inference.engine.fair_queue import LANES, FairQueue, owner_limit
 from inference.engine.jobs import Job, JobHandle, Outcome, Token, batched_handoffs
-from inference.engine.llama_runner import LlamaRunner, PromptError
+from inference.engine.llama_runner import LlamaRunner, Prepared
 from inference.engine.prompt_cache import PrefixReuse, PromptCache, common_prefix
 
 logger = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
-    """The model's wait queue is at its limit."""
+    """The model's wait queue, or this owner's share of it, is at its limit."""
 
-    def __init__(self, model_id: str, depth: int) -> None:
-        super().__init__(f"{model_id} has {depth} requests waiting, its limit; retry shortly.")
+    def __init__(self, model_id: str, depth: int, *, share: bool = False) -> None:
+        whose = "from this token, its share of the queue" if share else "its limit"
+        super().__init__(f"{model_id} has {depth} requests waiting {whose}; retry shortly.")
         self.depth = depth
 
 
-@dataclass
+class SchedulerDown(Exception):
+    """The model's scheduler failed and is being replaced; the request may be retried at once."""
+
+
+@dataclass(eq=False)
 class _Item:
     job: Job
     handle: JobHandle
     tokens: list[int]
+    sampler: object
     # The queue's clock starts here, not at the job's submission: loading the model first is
     # not waiting in its queue, and a long load must not time out the request that asked for it.
     queued_at: float = field(default_factory=time.perf_counter)
+    reported: int | None = None  # the queue position last told to its handle
+
+    @property
+    def owner(self) -> str:
+        return self.job.owner
+
+    @property
+    def lane(self) -> str:
+        return self.job.lane
 
 
 @dataclass
@@ -84,15 +98,32 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 class BatchScheduler:
-    """Runs one model's requests in `n_parallel` slots on a dedicated thread."""
+    """Runs one model's requests in `n_parallel` slots on a dedicated thread.
+
+    A failure in one request's step ends that request alone. A failure outside them (a
+    bug) ends the thread: every request it holds ends with `scheduler_failed` (503), and
+    `on_failure` is told so that the pool puts a fresh scheduler in its place.
+    """
 
     def __init__(
-        self, runner: LlamaRunner, *, max_queue: int, queue_timeout_s: float, prompt_cache_mb: float = 0
+        self,
+        runner: LlamaRunner,
+        *,
+        max_queue: int,
+        queue_timeout_s: float,
+        prompt_cache_mb: float = 0,
+        owner_share: float = 0.5,
+        batch_age_s: float = 30.0,
+        on_failure: Callable[["BatchScheduler"], None] | None = None,
     ) -> None:
         self.runner = runner
         self.max_queue = max_queue
+        self.per_owner = owner_limit(max_queue, owner_share)
         self.queue_timeout_s = queue_timeout_s
+        self.on_failure = on_failure
         self.slots = [_Slot(i) for i in range(runner.n_parallel)]
+        for slot in self.slots:  # a fresh scheduler on a used context: no stale KV
+            runner.forget(slot.seq_id)
         self.prompt_cache = PromptCache(int(prompt_cache_mb * 2**20))
         self.stats = {
             "steps": 0,
@@ -108,14 +139,18 @@ class BatchScheduler:
             "queue_admitted": 0,  # requests that left the queue for a slot, and their summed wait
             "queue_wait_ms_total": 0.0,
             "queue_timeouts": 0,
+            "request_failures": 0,  # requests ended by a failure in their own step
         }
         self._reuse = PrefixReuse(runner, self.prompt_cache, self.stats)
         self._inbox: queue.Queue[_Item | None] = queue.Queue()
-        self._waiting: deque[_Item] = deque()
+        self._waiting: FairQueue[_Item] = FairQueue(batch_age_s=batch_age_s)
         self._lock = threading.Lock()
         self.waiting = 0
         self.running = 0
+        self.waiting_by_lane = dict.fromkeys(LANES, 0)
+        self._waiting_by_owner: dict[str, int] = {}
         self._stopping = False
+        self.failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"llama-{runner.spec.model_id}", daemon=True)
         self._thread.start()
 
@@ -123,26 +158,46 @@ class BatchScheduler:
     def in_flight(self) -> int:
         return self.waiting + self.running
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.failed is None
+
     def submit(
-        self, job: Job, handle: JobHandle, tokens: list[int], *, before_queue: Callable[[], None] | None = None
+        self, job: Job, handle: JobHandle, prepared: Prepared, *, before_queue: Callable[[], None] | None = None
     ) -> None:
-        """Queue a job; raise QueueFull at the limit. Thread-safe; blocks only in `before_queue`.
+        """Queue a job; QueueFull at the queue's or the owner's limit. Thread-safe; blocks only in `before_queue`.
 
         `before_queue` runs once a place in the queue is held and before the job is in
         it (admission): a full queue never admits, and a failed admission frees the place.
         """
         with self._lock:
+            if self.failed is not None or self._stopping:
+                raise SchedulerDown(f"{job.model_id}'s scheduler is restarting; retry shortly.")
             if self.waiting >= self.max_queue:
                 raise QueueFull(job.model_id, self.waiting)
-            self.waiting += 1
+            held = self._waiting_by_owner.get(job.owner, 0)
+            if held >= self.per_owner:
+                raise QueueFull(job.model_id, held, share=True)
+            self._hold(job, +1)
         try:
             if before_queue is not None:
                 before_queue()
         except BaseException:
             with self._lock:
-                self.waiting -= 1
+                self._hold(job, -1)
             raise
-        self._inbox.put(_Item(job, handle, tokens))
+        self._inbox.put(_Item(job, handle, prepared.tokens, prepared.sampler))
+
+    def _hold(self, job: Job, n: int) -> None:
+        """Count a place in the queue taken (+1) or given up (-1); the caller holds the lock."""
+        self.waiting += n
+        lane = job.lane if job.lane in self.waiting_by_lane else "interactive"
+        self.waiting_by_lane[lane] += n
+        held = self._waiting_by_owner.get(job.owner, 0) + n
+        if held > 0:
+            self._waiting_by_owner[job.owner] = held
+        else:
+            self._waiting_by_owner.pop(job.owner, None)
 
     def stop(self) -> None:
         """End the thread; running and queued jobs end as cancelled."""
@@ -151,11 +206,30 @@ class BatchScheduler:
 
     # -- the loop -----------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug, not a request: end everything held, ask for a successor
+            logger.exception("the scheduler of %s failed; its requests end with 503", self.runner.spec.model_id)
+            with self._lock:
+                self.failed = exc
+            try:
+                self._end_all(Outcome("error", "error", error=f"the model's scheduler failed: {exc!r}; retry",
+                                      error_code="scheduler_failed"))  # fmt: skip
+            finally:
+                if self.on_failure is not None:
+                    self.on_failure(self)
+            return
+        self._end_all(Outcome("cancelled", "cancelled", error="the model was unloaded"))
+
+    def _loop(self) -> None:
         while not self._stopping:
             busy = any(slot.request for slot in self.slots) or self._waiting
+            before = len(self._waiting), self.stats["queue_admitted"]
             self._take_inbox(block=not busy)
             self._expire_waiting()
             self._admit()
+            if self._waiting and before != (len(self._waiting), self.stats["queue_admitted"]):
+                self._report_positions()
             active = [slot for slot in self.slots if slot.request]
             if active:
                 try:
@@ -164,12 +238,31 @@ class BatchScheduler:
                 except Exception as exc:  # a failed decode ends the requests in it, not the thread
                     logger.exception("decode step on %s failed", self.runner.spec.model_id)
                     for slot in active:
-                        self._finish(slot, "error", "error", error=f"decode failed: {exc}", code="engine_error")
+                        if slot.request:
+                            self._finish(slot, "error", "error", error=f"decode failed: {exc}", code="engine_error")
+
+    def _report_positions(self) -> None:
+        """Tell each waiting request whose place changed where it stands now (0: next)."""
+        for position, item in enumerate(self._waiting.projected()):
+            if item.reported != position:
+                item.reported = position
+                item.handle.report_position(position)
+
+    def _end_all(self, outcome: Outcome) -> None:
+        """End every request this scheduler holds with `outcome` (its counts filled in per request)."""
         for slot in self.slots:
             if slot.request:
-                self._finish(slot, "cancelled", "cancelled", error="the model was unloaded")
+                try:
+                    self._finish(slot, outcome.status, outcome.finish_reason, error=outcome.error,
+                                 code=outcome.error_code)  # fmt: skip
+                except Exception:
+                    logger.exception("could not end a request of %s", self.runner.spec.model_id)
+                    slot.request = None
         for item in [*self._waiting, *self._drain_inbox()]:
-            self._end_waiting(item, Outcome("cancelled", "cancelled", error="the model was unloaded"))
+            self._end_waiting(item, Outcome(outcome.status, outcome.finish_reason, prompt_tokens=len(item.tokens),
+                                            error=outcome.error, error_code=outcome.error_code))  # fmt: skip
+        with self._lock:
+            self.running = 0
 
     def _take_inbox(self, *, block: bool) -> None:
         try:
@@ -180,10 +273,7 @@ class BatchScheduler:
             if item is None:
                 self._stopping = True
                 return
-            if item.job.kind == "embedding":
-                self._run_embedding(item)
-            else:
-                self._waiting.append(item)
+            self._waiting.append(item)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
@@ -201,7 +291,7 @@ class BatchScheduler:
 
     def _end_waiting(self, item: _Item, outcome: Outcome) -> None:
         with self._lock:
-            self.waiting -= 1
+            self._hold(item.job, -1)
         item.handle.push(outcome)
 
     def _expire_waiting(self) -> None:
@@ -222,23 +312,8 @@ class BatchScheduler:
                 )
                 self._end_waiting(item, Outcome("timeout", "error", error=message, error_code="queue_timeout", **spent))
 
-    def _run_embedding(self, item: _Item) -> None:
-        with self._lock:
-            self.waiting -= 1
-            self.running += 1
-        try:
-            outcome = self.runner.embed(item.job)
-        except PromptError as exc:
-            outcome = Outcome("error", "error", error=str(exc), error_code=exc.code)
-        except Exception as exc:
-            logger.exception("embedding on %s failed", item.job.model_id)
-            outcome = Outcome("error", "error", error=f"embedding failed: {exc}", error_code="engine_error")
-        with self._lock:
-            self.running -= 1
-        item.handle.push(outcome)
-
     def _admit(self) -> None:
-        """Give each waiting request (oldest first) the lowest free slot, with the longest prefix at hand.
+        """Give each waiting request (in the fair queue's order) the lowest free slot, with the longest prefix at hand.
 
         Always the lowest: llama.cpp decodes only consecutive sequences of a per-slot KV cache
         in one ubatch, so requests in slots 0 and 2 cost two passes over the weights per step
@@ -252,32 +327,45 @@ class BatchScheduler:
                 return
             item = self._waiting.popleft()
             slot = free[0]
-            moved = self._reuse.bring_longest(slot, free[1:], item.tokens)
-            keep = min(common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
-            # A copied-in sequence's tail is not stored again: the donor slot still holds it, or
-            # the cache entry gave it up on restore, as in llama.cpp's server.
-            if not moved:
-                self._reuse.stash(slot, keep)
-            self.runner.forget(slot.seq_id, keep)
-            slot.cached = slot.cached[:keep]
-            if keep:
-                self.stats["prefix_hits"] += 1
-                self.stats["prefix_tokens_reused"] += keep
-            admitted_at = time.perf_counter()
-            self.stats["queue_admitted"] += 1
-            self.stats["queue_wait_ms_total"] += (admitted_at - item.queued_at) * 1000
-            sampling = item.job.sampling
-            seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
-            slot.request = _Request(
-                item=item,
-                sampler=self.runner.new_sampler(sampling, seed),
-                prompt_rest=item.tokens[keep:],
-                max_tokens=min(sampling.max_tokens, self.runner.n_ctx_slot - len(item.tokens)),
-                admitted_at=admitted_at,
-            )
-            with self._lock:
-                self.waiting -= 1
-                self.running += 1
+            try:
+                self._seat(item, slot, free[1:])
+            except Exception as exc:  # this request's own failure: it ends, the others go on
+                logger.exception("admitting a request on %s failed", self.runner.spec.model_id)
+                self.stats["request_failures"] += 1
+                slot.request, slot.cached = None, []
+                self.runner.forget(slot.seq_id)
+                failed = Outcome("error", "error", prompt_tokens=len(item.tokens),
+                                 error=f"admission failed: {exc}", error_code="engine_error")  # fmt: skip
+                self._end_waiting(item, failed)
+
+    def _seat(self, item: _Item, slot: _Slot, others: list[_Slot]) -> None:
+        """Put `item` in `slot`, reusing the longest prefix of its prompt found in `slot`, `others` or the cache."""
+        moved = self._reuse.bring_longest(slot, others, item.tokens)
+        keep = min(common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
+        # A copied-in sequence's tail is not stored again: the donor slot still holds it, or
+        # the cache entry gave it up on restore, as in llama.cpp's server.
+        if not moved:
+            self._reuse.stash(slot, keep)
+        self.runner.forget(slot.seq_id, keep)
+        slot.cached = slot.cached[:keep]
+        if keep:
+            self.stats["prefix_hits"] += 1
+            self.stats["prefix_tokens_reused"] += keep
+        if item.reported is not None:
+            item.handle.report_position(None)
+        admitted_at = time.perf_counter()
+        self.stats["queue_admitted"] += 1
+        self.stats["queue_wait_ms_total"] += (admitted_at - item.queued_at) * 1000
+        slot.request = _Request(
+            item=item,
+            sampler=item.sampler,
+            prompt_rest=item.tokens[keep:],
+            max_tokens=min(item.job.sampling.max_tokens, self.runner.n_ctx_slot - len(item.tokens)),
+            admitted_at=admitted_at,
+        )
+        with self._lock:
+            self._hold(item.job, -1)
+            self.running += 1
 
     def _step(self, active: list[_Slot]) -> None:
         """One decode call for every active slot, then one sampled token for each that is ready."""
@@ -327,7 +415,13 @@ class BatchScheduler:
         self.stats["steps"] += 1
         self.stats["batched_tokens"] += n
         for slot, index in sample_at:
-            self._on_token(slot, self.runner.sample(slot.request.sampler, index))
+            try:
+                self._on_token(slot, self.runner.sample(slot.request.sampler, index))
+            except Exception as exc:  # sampling, detokenizing or stop handling failed for this request alone
+                logger.exception("a request on %s failed in its step", self.runner.spec.model_id)
+                self.stats["request_failures"] += 1
+                if slot.request is not None:
+                    self._finish(slot, "error", "error", error=f"generation failed: {exc}", code="engine_error")
 
     @staticmethod
     def _put(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:

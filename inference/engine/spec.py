@@ -31,9 +31,10 @@ class ModelSpec:
         return int(self.llama_kwargs["n_ctx"])
 
     def estimated_mb(self) -> float:
-        """Memory a load takes: weights + KV cache for n_ctx, plus compute overhead."""
+        """Memory a load takes: weights + KV cache for n_ctx + the embedding context's, plus compute overhead."""
         kv_bytes = self.kv_elements_per_token * self.n_ctx * _KV_BYTES_PER_ELEMENT[self.llama_kwargs["cache_type_k"]]
-        return (self.file_size + kv_bytes) * _COMPUTE_OVERHEAD / 2**20
+        embedding_kv_bytes = self.kv_elements_per_token * min(self.n_ctx, 2048) * _KV_BYTES_PER_ELEMENT["f16"]
+        return (self.file_size + kv_bytes + embedding_kv_bytes) * _COMPUTE_OVERHEAD / 2**20
 
     @classmethod
     def from_model(cls, model: LLMModel) -> "ModelSpec":

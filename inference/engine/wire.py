@@ -22,13 +22,14 @@ from typing import Any
 from inference.engine.jobs import Job, Outcome, Sampling
 from inference.engine.llama_runner import PromptError
 from inference.engine.pool import ModelBusy, ModelLoadFailed, NoRoom
-from inference.engine.scheduler import QueueFull
+from inference.engine.scheduler import QueueFull, SchedulerDown
 from inference.engine.spec import ModelSpec
 
 NODE_CHANNEL = "inference"  # `manage.py runworker inference`
 
 GENERATE, EMBED, CANCEL = "inference.generate", "inference.embed", "inference.cancel"
 LOAD, UNLOAD = "inference.load", "inference.unload"
+QUEUED = "inference.queued"  # where a job waits in its model's queue, while it waits
 START, TOKEN, DONE, ERROR, RESULT = (
     "inference.start",
     "inference.token",
@@ -86,6 +87,7 @@ def describe_refusal(exc: BaseException) -> dict[str, Any]:
         (ModelBusy, "model_busy"),
         (ModelLoadFailed, "load_failed"),
         (NoRoom, "no_room"),
+        (SchedulerDown, "scheduler_down"),
     ]
     kind = next((name for cls, name in kinds if isinstance(exc, cls)), "internal")
     return {
@@ -94,6 +96,7 @@ def describe_refusal(exc: BaseException) -> dict[str, Any]:
         "param": getattr(exc, "param", None),
         "code": getattr(exc, "code", None),
         "depth": getattr(exc, "depth", 0),
+        "retry_after_s": getattr(exc, "retry_after_s", 0),
     }
 
 
@@ -106,7 +109,9 @@ def refusal_exception(error: dict[str, Any], *, model_id: str, node: str) -> Exc
         exc = QueueFull(model_id, error.get("depth", 0))
         exc.args = (f"{message} (node {node})",)
         return exc
-    by_kind = {"model_busy": ModelBusy, "load_failed": ModelLoadFailed, "no_room": NoRoom}
+    if kind == "load_failed":
+        return ModelLoadFailed(f"{message} (node {node})", retry_after_s=float(error.get("retry_after_s") or 5))
+    by_kind = {"model_busy": ModelBusy, "no_room": NoRoom, "scheduler_down": SchedulerDown}
     if kind in by_kind:
         return by_kind[kind](f"{message} (node {node})")
     return NodeFailed(f"inference node {node} failed: {message}")

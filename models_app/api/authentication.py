@@ -32,8 +32,6 @@ class BearerTokenAuthentication(BaseAuthentication):
             token = authenticate(parts[1].decode("latin-1"))
         except TokenRejected as exc:
             raise exceptions.AuthenticationFailed(str(exc), code="invalid_api_key") from exc
-        if not token.owner.is_active:
-            raise exceptions.AuthenticationFailed("This API token's owner is deactivated.", code="invalid_api_key")
         touch_token(token_id=token.pk)
         return token.owner, token
 

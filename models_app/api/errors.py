@@ -12,6 +12,7 @@ from rest_framework.views import set_rollback
 
 from inference.api.errors import APIError, as_api_error
 from inference.engine.pool import PoolError
+from models_app.grants import GrantRefused
 from models_app.services import TokenError
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ def render_error(exc: Exception, context: dict[str, Any]) -> Response:
         exc = exceptions.PermissionDenied(*exc.args)
     elif isinstance(exc, TokenError):
         exc = exceptions.ValidationError(str(exc))
-    if isinstance(exc, exceptions.APIException):
+    if isinstance(exc, GrantRefused):
+        response = Response(_body(str(exc), 403, exc.param, exc.code), status=403)
+    elif isinstance(exc, exceptions.APIException):
         response = _from_drf(exc)
     elif isinstance(exc, APIError | PoolError):
         # The engine's refusals map through the same table the ninja surfaces use.

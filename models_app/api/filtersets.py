@@ -2,7 +2,7 @@
 
 import django_filters
 
-from models_app.choices import ModelStatus, UsageStatus
+from models_app.choices import Lane, ModelStatus, UsageStatus
 from models_app.models import APIToken, LLMModel, UsageRecord
 
 
@@ -29,15 +29,16 @@ class APITokenFilterSet(django_filters.FilterSet):
 
 
 class UsageFilterSet(django_filters.FilterSet):
-    """`?token=3&model=smollm2&status=completed&endpoint=chat.completions&since=...&until=...`."""
+    """`?token=3&model=smollm2&status=completed&endpoint=chat.completions&lane=batch&since=...&until=...`."""
 
     token = django_filters.NumberFilter(field_name="token_id")
     model = django_filters.CharFilter(field_name="model_id")
     status = django_filters.MultipleChoiceFilter(choices=UsageStatus.choices)
     endpoint = django_filters.CharFilter()
+    lane = django_filters.ChoiceFilter(choices=Lane.choices)
     since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte", label="Created at or after")
     until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt", label="Created before")
 
     class Meta:
         model = UsageRecord
-        fields = ("token", "model", "status", "endpoint", "since", "until")
+        fields = ("token", "model", "status", "endpoint", "lane", "since", "until")

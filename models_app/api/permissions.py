@@ -1,13 +1,11 @@
 """Scopes for the management API: what a bearer token (or a logged-in staff user) may do."""
 
-from collections.abc import Collection
-
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from models_app.choices import Scope
+from models_app.grants import Grant
 from models_app.models import APIToken
 
 
@@ -68,27 +66,8 @@ class ModelsScope(BasePermission):
         return False
 
 
-def check_grantable(
-    request: Request,
-    *,
-    scopes: Collection[str] | None,
-    model_ids: Collection[str] | None,
-) -> None:
-    """PermissionDenied unless the caller may hand out these scopes and models (no escalation).
-
-    `None` means the field is not being set. A caller limited to some models may only
-    grant a subset of them, never "every model" (an empty list).
-    """
-    held = caller_scopes(request)
-    if scopes is not None and (missing := sorted(s for s in set(scopes) if not holds_scope(held, s))):
-        raise PermissionDenied(
-            f"A caller cannot grant scopes it does not hold: {', '.join(missing)} "
-            f"(it has: {', '.join(sorted(held)) or 'none'}).",
-            code="scope_escalation",
-        )
-    limited_to = caller_model_ids(request)
-    if model_ids is not None and limited_to and (not model_ids or not set(model_ids) <= limited_to):
-        raise PermissionDenied(
-            f"This caller may only use {', '.join(sorted(limited_to))}; list some of them in 'models'.",
-            code="model_escalation",
-        )
+def caller_grant(request: Request) -> Grant:
+    """What the caller may hand out (models_app.grants): a bearer token's own bounds, or a session's scopes."""
+    if isinstance(request.auth, APIToken):
+        return Grant.of_token(request.auth)
+    return Grant(scopes=caller_scopes(request))

@@ -13,7 +13,7 @@ from inference.api.schemas import parse_keep_alive
 from inference.engine import get_engine
 from inference.engine.spec import ModelSpec
 from models_app.api.permissions import is_admin
-from models_app.choices import KVCacheType, OptimizeFor, Scope
+from models_app.choices import KVCacheType, Lane, OptimizeFor, Scope
 from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
 from models_app.selectors import USAGE_GROUPS
 from models_app.services import apply_config_changes
@@ -156,7 +156,8 @@ class APITokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = APIToken
         fields = ("id", "name", "owner", "prefix", "scopes", "models", "expires_at", "rate_limit_rpm",
-                  "rate_limit_tpm", "revoked", "revoked_at", "is_active", "last_used_at", "created_at")  # fmt: skip
+                  "rate_limit_tpm", "max_concurrent", "lane", "revoked", "revoked_at", "is_active", "last_used_at",
+                  "created_at")  # fmt: skip
         read_only_fields = fields
 
 
@@ -168,6 +169,9 @@ class CreatedTokenSerializer(APITokenSerializer):
         read_only_fields = fields
 
 
+_LIMIT_HELP = "Null: unlimited. Omitted on create: the caller's limit."
+
+
 class TokenWriteSerializer(serializers.Serializer):
     """Create a token, or (partial) change one; the view checks the caller may grant what it asks for."""
 
@@ -176,9 +180,16 @@ class TokenWriteSerializer(serializers.Serializer):
     models = serializers.ListField(
         child=serializers.SlugField(), required=False, default=list, help_text="Model ids; empty: every model."
     )
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    rate_limit_rpm = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
-    rate_limit_tpm = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
+    # No defaults: on create, what is left out is the caller's own (models_app.grants); null means none.
+    expires_at = serializers.DateTimeField(
+        required=False, allow_null=True, help_text="Null: never. Omitted on create: the caller's expiry."
+    )
+    rate_limit_rpm = serializers.IntegerField(required=False, allow_null=True, min_value=1, help_text=_LIMIT_HELP)
+    rate_limit_tpm = serializers.IntegerField(required=False, allow_null=True, min_value=1, help_text=_LIMIT_HELP)
+    max_concurrent = serializers.IntegerField(required=False, allow_null=True, min_value=1, help_text=_LIMIT_HELP)
+    lane = serializers.ChoiceField(
+        choices=Lane.choices, required=False, help_text="Omitted on create: the caller's lane."
+    )
 
     def validate_models(self, value: list[str]) -> list[str]:
         known = set(LLMModel.objects.filter(pk__in=value).values_list("pk", flat=True))
@@ -218,9 +229,9 @@ class UsageRecordSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = UsageRecord
-        fields = ("id", "request_id", "token", "model", "endpoint", "status", "prompt_tokens", "completion_tokens",
-                  "total_tokens", "time_to_first_token_ms", "duration_ms", "client_address", "error_message",
-                  "created_at", "finished_at")  # fmt: skip
+        fields = ("id", "request_id", "token", "model", "endpoint", "lane", "status", "prompt_tokens",
+                  "completion_tokens", "total_tokens", "time_to_first_token_ms", "duration_ms", "client_address",
+                  "error_message", "created_at", "finished_at")  # fmt: skip
         read_only_fields = fields
 
 

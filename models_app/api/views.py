@@ -18,7 +18,7 @@ from inference.engine.spec import ModelSpec
 from models_app.api.errors import Conflict, Unavailable
 from models_app.api.filtersets import APITokenFilterSet, LLMModelFilterSet, UsageFilterSet
 from models_app.api.pagination import UsageCursorPagination
-from models_app.api.permissions import ModelsScope, caller_model_ids, check_grantable, is_admin
+from models_app.api.permissions import ModelsScope, caller_grant, caller_model_ids, is_admin
 from models_app.api.renderers import CSVRenderer
 from models_app.api.schema import ErrorSerializer
 from models_app.api.serializers import (
@@ -216,24 +216,31 @@ class APITokenViewSet(
 
     @extend_schema(request=TokenCreateSerializer, responses={201: CreatedTokenSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Issue a token with at most the caller's own scopes (and models)."""
+        """Issue a token with at most the caller's scopes, models, expiry, limits and lane (unset: the caller's)."""
         params = TokenCreateSerializer(data=request.data, context=self.get_serializer_context())
         params.is_valid(raise_exception=True)
         fields = dict(params.validated_data)
         owner = fields.pop("owner", None) or request.user
-        check_grantable(request, scopes=fields["scopes"], model_ids=fields["models"])
+        grant = caller_grant(request)
+        fields = grant.inherit(fields)  # unset expiry, limits and lane: the caller's own
+        grant.check(fields)
         token, secret = issue_token(owner=owner, **fields)
         token.secret = secret  # on this response only; never stored, never logged
         return Response(CreatedTokenSerializer(token).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=TokenWriteSerializer, responses=APITokenSerializer)
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Change name, scopes, models, limits or expiry; the same no-escalation rule as create."""
+        """Change name, scopes, models, limits, lane or expiry; the same no-escalation rule as create.
+
+        A caller may not change (or revoke) a token holding a scope it lacks.
+        """
         token = self.get_object()
         params = TokenWriteSerializer(data=request.data, partial=True)
         params.is_valid(raise_exception=True)
         changes = params.validated_data
-        check_grantable(request, scopes=changes.get("scopes"), model_ids=changes.get("models"))
+        grant = caller_grant(request)
+        grant.check_may_change(token)
+        grant.check(changes)  # so a token can neither clear nor extend its own expiry, nor loosen its limits
         update_token(token=token, changes=changes)
         return Response(APITokenSerializer(token).data)
 
@@ -242,6 +249,7 @@ class APITokenViewSet(
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         """Revoke for good (idempotent); /v1 refuses it within AUTH_CACHE_TTL_S."""
         token = self.get_object()
+        caller_grant(request).check_may_change(token)
         revoke_token(token=token)
         return Response(APITokenSerializer(token).data)
 

@@ -31,6 +31,11 @@ class LLMModel(models.Model):
 
     status = models.CharField(max_length=16, choices=ModelStatus.choices, default=ModelStatus.AVAILABLE)
     status_reason = models.TextField(blank=True)
+    load_failures = models.PositiveIntegerField(
+        default=0, editable=False, help_text="Failed loads in a row; the server retries after a back-off."
+    )
+    last_load_error = models.TextField(blank=True, editable=False)
+    load_retry_at = models.DateTimeField(null=True, blank=True, editable=False)
     enabled = models.BooleanField(default=True)
     preload = models.BooleanField(default=False, help_text="Load when the server starts.")
 

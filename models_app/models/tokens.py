@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from models_app.choices import Scope
+from models_app.choices import Lane, Scope
 
 __all__ = ["TOKEN_PREFIX", "APIToken"]
 
@@ -40,6 +40,13 @@ class APIToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     rate_limit_rpm = models.PositiveIntegerField("requests/min", null=True, blank=True)
     rate_limit_tpm = models.PositiveIntegerField("tokens/min", null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(
+        "concurrent requests", null=True, blank=True, help_text="Requests in flight at once; empty: unlimited."
+    )
+    lane = models.CharField(
+        max_length=16, choices=Lane.choices, default=Lane.INTERACTIVE,
+        help_text="Interactive requests take free slots before batch ones; batch work is aged so it never starves.",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

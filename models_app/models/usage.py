@@ -2,7 +2,7 @@
 
 from django.db import models
 
-from models_app.choices import UsageStatus
+from models_app.choices import Lane, UsageStatus
 
 __all__ = ["UsageRecord"]
 
@@ -18,6 +18,7 @@ class UsageRecord(models.Model):
         "models_app.LLMModel", null=True, blank=True, on_delete=models.PROTECT, related_name="usage"
     )
     endpoint = models.CharField(max_length=64)
+    lane = models.CharField(max_length=16, choices=Lane.choices, default=Lane.INTERACTIVE, db_index=True)
     status = models.CharField(max_length=16, choices=UsageStatus.choices, default=UsageStatus.STARTED)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)

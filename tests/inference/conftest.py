@@ -3,12 +3,16 @@
 import socket
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import uvicorn
 
 from inference.auth import clear_auth_cache
 from inference.engine import reset_engine
+from inference.engine.local import LocalEngine
+from inference.engine.pool import ModelPool
+from inference.engine.spec import ModelSpec
 from models_app.models import ModelConfig
 
 # SmolLM2's end-of-generation tokens suppressed (a request's logit_bias): it runs until stopped.
@@ -111,3 +115,21 @@ def live_daphne_url(django_db_setup, django_db_blocker, tmp_path_factory):
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+def engine_for(small_model):
+    """build(n_parallel=, max_queue=, prompt_cache_mb=) -> (a LocalEngine of its own, the bundled model's spec)."""
+    engines = []
+
+    def build(*, n_parallel: int = 8, max_queue: int = 64, prompt_cache_mb: float = 0) -> tuple[LocalEngine, ModelSpec]:
+        spec = ModelSpec.from_model(small_model)
+        spec = replace(spec, llama_kwargs={**spec.llama_kwargs, "n_parallel": n_parallel, "n_ctx": 4096})
+        pool = ModelPool(max_loaded=1, budget_mb=10_000, default_keep_alive_s=None, max_queue=max_queue,
+                         queue_timeout_s=60, prompt_cache_mb=prompt_cache_mb)  # fmt: skip
+        engines.append(pool)
+        return LocalEngine(pool), spec
+
+    yield build
+    for pool in engines:
+        pool.close()

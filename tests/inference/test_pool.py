@@ -3,6 +3,7 @@
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -111,7 +112,7 @@ def test_unload_refuses_a_serving_model_and_is_idempotent(make_pool, spec):
 
 def test_failed_load_reports_and_leaves_others_loaded(make_pool, spec, tmp_path):
     failures = []
-    pool = make_pool(on_load_failed=lambda model_id, reason: failures.append(model_id))
+    pool = make_pool(on_load_failed=lambda model_id, reason, retry_in_s: failures.append(model_id))
     pool.acquire(spec)
     pool.release(spec.model_id)
     broken = tmp_path / "broken.gguf"
@@ -120,3 +121,26 @@ def test_failed_load_reports_and_leaves_others_loaded(make_pool, spec, tmp_path)
         pool.acquire(replace(spec, model_id="broken", path=str(broken)))
     assert failures == ["broken"]
     assert [m.spec.model_id for m in pool.loaded()] == [spec.model_id]
+
+
+def test_a_failed_load_waits_out_its_back_off_and_never_names_the_file(make_pool, spec, tmp_path):
+    broken = tmp_path / "secret-dir" / "broken.gguf"
+    broken.parent.mkdir()
+    broken.write_bytes(b"GGUF" + b"\0" * 1000)
+    broken_spec = replace(spec, model_id="broken", path=str(broken))
+    pool = make_pool()
+    with pytest.raises(ModelLoadFailed) as first:
+        pool.acquire(broken_spec)
+    assert "secret-dir" not in str(first.value) and first.value.retry_after_s == 5.0
+    with pytest.raises(ModelLoadFailed, match="next try") as second:  # within the back-off: not tried again
+        pool.acquire(broken_spec)
+    assert pool.stats.load_failures == 1 and 0 < second.value.retry_after_s <= 5.0
+    pool.load_failures["broken"].retry_at = 0  # the back-off is over
+    with pytest.raises(ModelLoadFailed):
+        pool.acquire(broken_spec)
+    assert pool.stats.load_failures == 2 and pool.load_failures["broken"].count == 2
+    broken.write_bytes(Path(spec.path).read_bytes())  # the cause went away: the next try loads it
+    pool.load_failures["broken"].retry_at = 0
+    pool.acquire(broken_spec)
+    pool.release("broken")
+    assert "broken" not in pool.load_failures

@@ -144,3 +144,10 @@ def worker_models_dir(worker):
     yield worker.models_dir
     for path in worker.models_dir.iterdir():
         path.unlink()
+
+
+@pytest.fixture
+def admin_client(client, admin_user):
+    """Django's test client signed in as the superuser `admin_user`."""
+    client.force_login(admin_user)
+    return client

@@ -9,12 +9,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_client(client, admin_user):
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
 def usage_row(small_model, api_token):
     return UsageRecord.objects.create(
         request_id="req-1", token=api_token[0], model=small_model, endpoint="chat.completions"
@@ -44,6 +38,19 @@ def test_change_view_renders(admin_client, small_model, api_token, usage_row, na
 def test_model_page_shows_real_metadata(admin_client, small_model):
     page = admin_client.get(reverse("admin:models_app_llmmodel_change", args=[small_model.pk])).content.decode()
     assert "llama" in page and "Q4_1" in page and "8192" in page and "im_start" in page
+
+
+def test_model_page_shows_its_failed_loads_and_when_the_next_try_is(admin_client, small_model):
+    from models_app.services import clear_load_failure, record_load_failure
+
+    record_load_failure(model_id=small_model.pk, reason="llama.cpp failed to load it: out of memory", retry_in_s=20)
+    page = admin_client.get(reverse("admin:models_app_llmmodel_change", args=[small_model.pk])).content.decode()
+    assert "out of memory" in page and "Load retry at" in page
+    small_model.refresh_from_db()
+    assert small_model.load_failures == 1 and small_model.status == "available"
+    clear_load_failure(model_id=small_model.pk)
+    small_model.refresh_from_db()
+    assert (small_model.load_failures, small_model.last_load_error, small_model.load_retry_at) == (0, "", None)
 
 
 def test_model_list_shows_quantization_and_size(admin_client, small_model):

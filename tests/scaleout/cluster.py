@@ -1,7 +1,7 @@
 """A small scale-out deployment on this machine: PostgreSQL, Redis, one web node, two inference nodes.
 
-The web node is `daphne` with INFERENCE_MODE=remote; each inference node is
-`manage.py runworker inference`. They share a PostgreSQL database this helper creates
+The web node is `daphne` with INFERENCE_MODE=remote (a test may start a second one);
+each inference node is `manage.py runworker inference`. They share a PostgreSQL database this helper creates
 and drops, and a Redis database number of their own.
 """
 
@@ -82,10 +82,14 @@ class Cluster:
         argv = [sys.executable, "manage.py", "runworker", "inference"]
         self._spawn(name, argv, {"INFERENCE_NODE_NAME": name})
 
-    def start_web(self) -> None:
-        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "karen_host.asgi:application"]
-        self._spawn("web", argv, {"INFERENCE_MODE": "remote"})
-        self._wait(lambda: self._healthy(), 60, "the web node to answer /health")
+    def start_web(self, name: str = "web") -> str:
+        """Start a web node (daphne, remote mode) and return its URL; `web` is the one at `self.url`."""
+        port = self.port if name == "web" else free_port()
+        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "karen_host.asgi:application"]
+        self._spawn(name, argv, {"INFERENCE_MODE": "remote"})
+        url = f"http://127.0.0.1:{port}"
+        self._wait(lambda: self._healthy(url), 60, f"{name} to answer /health")
+        return url
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
@@ -184,9 +188,9 @@ class Cluster:
         self._wait(condition, timeout, what)
 
     # -- helpers ----------------------------------------------------------------------
-    def _healthy(self) -> bool:
+    def _healthy(self, url: str) -> bool:
         try:
-            return httpx.get(f"{self.url}/health", timeout=5).status_code == 200
+            return httpx.get(f"{url}/health", timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
 

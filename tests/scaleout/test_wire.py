@@ -7,7 +7,7 @@ from inference.api.errors import as_api_error
 from inference.engine import Job, Outcome, Sampling, wire
 from inference.engine.llama_runner import PromptError
 from inference.engine.pool import ModelBusy, ModelLoadFailed, NoRoom
-from inference.engine.scheduler import QueueFull
+from inference.engine.scheduler import QueueFull, SchedulerDown
 
 
 def _through_redis(data: dict) -> dict:
@@ -40,8 +40,9 @@ def test_an_outcome_from_a_newer_node_drops_the_fields_this_one_does_not_know():
         (PromptError("too long", param="messages", code="context_length_exceeded"), 400),
         (QueueFull("m", 64), 429),
         (NoRoom("no room"), 503),
-        (ModelLoadFailed("broken"), 503),
+        (ModelLoadFailed("broken", retry_after_s=5.0), 503),
         (ModelBusy("busy"), 409),
+        (SchedulerDown("restarting"), 503),
         (RuntimeError("boom"), 500),
     ],
 )

@@ -1,23 +1,14 @@
 """Every admitted request is one usage row, finalized once with the engine's counts."""
 
 import threading
-import time
 
 import httpx
 
 from inference.engine import get_engine
 from models_app.models import LLMModel, UsageRecord
-from models_app.services import close_interrupted_usage, start_usage
+from models_app.services import close_interrupted_usage, issue_token, start_usage
+from tests.conftest import wait_for
 from tests.inference.conftest import NO_EOS_BIAS
-
-
-def wait_for(predicate, timeout=60.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_response_carries_the_request_id_of_its_usage_row(live):
@@ -77,7 +68,7 @@ def test_two_concurrent_first_requests_load_the_model_once(live, fresh_engine):
     assert UsageRecord.objects.filter(status="completed").count() == 2
 
 
-def test_corrupt_model_becomes_invalid_while_another_keeps_serving(live, tmp_path):
+def test_a_model_that_fails_to_load_is_retried_later_while_another_keeps_serving(live, fresh_engine, tmp_path):
     url, secret, model = live
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\3\0\0\0" + b"\0" * 4096)
@@ -86,15 +77,20 @@ def test_corrupt_model_becomes_invalid_while_another_keeps_serving(live, tmp_pat
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
     failed = httpx.post(f"{url}/v1/chat/completions", json={"model": "broken", **chat}, headers=headers, timeout=60)
     assert failed.status_code == 503 and failed.json()["error"]["code"] == "model_load_failed"
+    assert int(failed.headers["Retry-After"]) == 5 and str(tmp_path) not in failed.text  # no server path
+    # not `invalid`: that is the probe's verdict on a file; a load may fail for a passing reason
     broken_row = LLMModel.objects.get(pk="broken")
-    assert broken_row.status == "invalid" and "load" in broken_row.status_reason
+    assert broken_row.status == "available" and broken_row.load_failures == 1
+    assert "load" in broken_row.last_load_error and broken_row.load_retry_at is not None
     ok = httpx.post(f"{url}/v1/chat/completions", json={"model": model, **chat}, headers=headers, timeout=60)
     assert ok.status_code == 200
     assert not UsageRecord.objects.filter(model_id="broken").exists()
 
 
-def test_keep_alive_zero_unloads_after_the_request(live, fresh_engine):
-    url, secret, model = live
+def test_keep_alive_zero_from_a_manage_token_unloads_after_the_request(live, fresh_engine, admin_user):
+    url, _, model = live
+    # Only a token that may unload models may shorten a keep-alive (tests/inference/api/test_keep_alive.py).
+    _, secret = issue_token(name="ops", owner=admin_user, scopes=["inference", "models:manage"])
     httpx.post(
         f"{url}/v1/chat/completions",
         json={"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "keep_alive": 0},

@@ -1,0 +1,130 @@
+"""/api/v1/tokens: a token mints and changes tokens only within its own expiry, limits, lane and scopes."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from models_app.models import APIToken
+from models_app.services import issue_token
+from tests.models_app.api.conftest import assert_error, client_for
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/tokens/"
+MANAGE = ["models:read", "models:manage"]
+
+
+def minter(owner, **limits):
+    """(token, client) for a models:manage token with these expiry, limits or lane."""
+    token, secret = issue_token(name="minter", owner=owner, scopes=MANAGE, **limits)
+    return token, client_for(secret)
+
+
+def create(client, **body):
+    return client.post(URL, {"name": "minted", "scopes": ["models:read"], **body}, format="json")
+
+
+def test_a_token_minted_without_expiry_by_an_expiring_token_expires_with_it(admin_user):
+    expires = (timezone.now() + timedelta(hours=2)).replace(microsecond=0)
+    _, client = minter(admin_user, expires_at=expires)
+    response = create(client)
+    assert response.status_code == 201, response.content
+    assert APIToken.objects.get(pk=response.json()["id"]).expires_at == expires
+
+
+@pytest.mark.parametrize("asked", [None, timedelta(hours=3)], ids=["never", "later"])
+def test_an_expiring_token_cannot_mint_a_token_that_outlives_it(admin_user, asked):
+    expires = timezone.now() + timedelta(hours=2)
+    _, client = minter(admin_user, expires_at=expires)
+    value = None if asked is None else (timezone.now() + asked).isoformat()
+    assert_error(create(client, expires_at=value), 403, error_type="permission_error", param="expires_at",
+                 code="expiry_escalation")  # fmt: skip
+    assert not APIToken.objects.filter(name="minted").exists()
+
+
+@pytest.mark.parametrize("asked", [None, timedelta(days=30)], ids=["clear", "extend"])
+def test_a_token_cannot_clear_or_extend_its_own_expiry(admin_user, asked):
+    expires = (timezone.now() + timedelta(hours=2)).replace(microsecond=0)
+    token, client = minter(admin_user, expires_at=expires)
+    value = None if asked is None else (timezone.now() + asked).isoformat()
+    assert_error(client.patch(f"{URL}{token.pk}/", {"expires_at": value}, format="json"), 403,
+                 error_type="permission_error", param="expires_at", code="expiry_escalation")  # fmt: skip
+    token.refresh_from_db()
+    assert token.expires_at == expires
+
+
+def test_a_token_may_shorten_its_own_expiry(admin_user):
+    token, client = minter(admin_user, expires_at=timezone.now() + timedelta(hours=2))
+    sooner = (timezone.now() + timedelta(hours=1)).replace(microsecond=0)
+    assert client.patch(f"{URL}{token.pk}/", {"expires_at": sooner.isoformat()}, format="json").status_code == 200
+    token.refresh_from_db()
+    assert token.expires_at == sooner
+
+
+@pytest.mark.parametrize("field", ["rate_limit_rpm", "rate_limit_tpm", "max_concurrent"])
+@pytest.mark.parametrize("asked", [None, 11], ids=["unlimited", "higher"])
+def test_a_limited_token_cannot_mint_a_looser_limit(admin_user, field, asked):
+    _, client = minter(admin_user, **{field: 10})
+    assert_error(create(client, **{field: asked}), 403, error_type="permission_error", param=field,
+                 code="limit_escalation")  # fmt: skip
+
+
+def test_a_limited_token_mints_its_own_limits_and_lane_when_none_are_asked_for(admin_user):
+    _, client = minter(admin_user, rate_limit_rpm=10, rate_limit_tpm=1000, max_concurrent=2, lane="batch")
+    body = create(client).json()
+    assert (body["rate_limit_rpm"], body["rate_limit_tpm"], body["max_concurrent"], body["lane"]) == (
+        10, 1000, 2, "batch",
+    )  # fmt: skip
+
+
+def test_a_limited_token_may_mint_a_tighter_limit(admin_user):
+    _, client = minter(admin_user, rate_limit_rpm=10)
+    assert create(client, rate_limit_rpm=5).json()["rate_limit_rpm"] == 5
+
+
+def test_a_limited_token_cannot_loosen_its_own_limit(admin_user):
+    token, client = minter(admin_user, rate_limit_rpm=10)
+    assert_error(client.patch(f"{URL}{token.pk}/", {"rate_limit_rpm": None}, format="json"), 403,
+                 error_type="permission_error", param="rate_limit_rpm")  # fmt: skip
+    token.refresh_from_db()
+    assert token.rate_limit_rpm == 10
+
+
+def test_a_batch_token_cannot_mint_an_interactive_token(admin_user):
+    _, client = minter(admin_user, lane="batch")
+    assert_error(create(client, lane="interactive"), 403, error_type="permission_error", param="lane",
+                 code="lane_escalation")  # fmt: skip
+
+
+def test_an_interactive_token_may_mint_a_batch_token(manager):
+    assert create(manager, lane="batch").json()["lane"] == "batch"
+
+
+def test_a_manage_token_cannot_revoke_an_admin_token_of_the_same_owner(manager, admin_user):
+    target, _ = issue_token(name="root's", owner=admin_user, scopes=["admin"])
+    error = assert_error(manager.post(f"{URL}{target.pk}/revoke/"), 403, error_type="permission_error",
+                         code="scope_escalation")  # fmt: skip
+    assert "admin" in error["message"]
+    target.refresh_from_db()
+    assert not target.revoked
+
+
+def test_a_manage_token_cannot_extend_an_admin_token_of_the_same_owner(manager, admin_user):
+    expires = (timezone.now() + timedelta(hours=1)).replace(microsecond=0)
+    target, _ = issue_token(name="root's", owner=admin_user, scopes=["admin"], expires_at=expires)
+    later = (timezone.now() + timedelta(days=9)).isoformat()
+    assert_error(manager.patch(f"{URL}{target.pk}/", {"expires_at": later}, format="json"), 403,
+                 error_type="permission_error", code="scope_escalation")  # fmt: skip
+    target.refresh_from_db()
+    assert target.expires_at == expires
+
+
+def test_an_admin_token_may_revoke_a_manage_token(admin, manager_token):
+    assert admin.post(f"{URL}{manager_token[0].pk}/revoke/").json()["revoked"] is True
+
+
+def test_token_reads_show_lane_and_max_concurrent(admin_user, manager):
+    token, _ = issue_token(name="batchy", owner=admin_user, scopes=["inference"], lane="batch", max_concurrent=3)
+    body = manager.get(f"{URL}{token.pk}/").json()
+    assert body["lane"] == "batch" and body["max_concurrent"] == 3

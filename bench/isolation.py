@@ -1,5 +1,6 @@
 """What a hostile neighbour costs a stream: one greedy stream alone, and beside a client that sends
-(a) sampled requests with MAX_LOGIT_BIAS logit_bias entries, or (b) batches of long embedding inputs.
+(a) plain sampled requests, (b) the same with MAX_LOGIT_BIAS logit_bias entries, or (c) batches of long
+embedding inputs. (a) is the fair baseline for (b): any second request shares the cores.
 
 In-process engine on the bundled model (one loaded copy, n_parallel 2). Each round runs
 the scenarios in a rotated order; the stream produces exactly --tokens tokens
@@ -56,7 +57,17 @@ def chat(spec: ModelSpec, text: str, **sampling) -> Job:
 
 
 async def biased_neighbour(engine: LocalEngine, spec: ModelSpec, stop: asyncio.Event) -> dict:
-    bias = {token: 0.5 for token in range(100, 100 + settings.MAX_LOGIT_BIAS)}
+    return await sampled_neighbour(
+        engine, spec, stop, {token: 0.5 for token in range(100, 100 + settings.MAX_LOGIT_BIAS)}
+    )
+
+
+async def plain_neighbour(engine: LocalEngine, spec: ModelSpec, stop: asyncio.Event) -> dict:
+    return await sampled_neighbour(engine, spec, stop, {})
+
+
+async def sampled_neighbour(engine: LocalEngine, spec: ModelSpec, stop: asyncio.Event, bias: dict) -> dict:
+    """8-token sampled requests, one after another: the fair baseline is the same without the bias."""
     times = []
     while not stop.is_set():
         started = time.perf_counter()
@@ -98,7 +109,8 @@ async def main(tokens: int, rounds: int) -> dict:
     spec = bundled_spec()
     pool = ModelPool(max_loaded=1, budget_mb=10_000, default_keep_alive_s=None, max_queue=64, queue_timeout_s=120)
     engine = LocalEngine(pool, request_bounds())
-    scenarios = {"alone": None, "beside_logit_bias": biased_neighbour, "beside_embeddings": embedding_neighbour}
+    scenarios = {"alone": None, "beside_sampled": plain_neighbour, "beside_logit_bias": biased_neighbour,
+                 "beside_embeddings": embedding_neighbour}  # fmt: skip
     results: dict[str, list[dict]] = {name: [] for name in scenarios}
     await stream_beside(engine, spec, 8, None, "Warm up.")
     names = list(scenarios)

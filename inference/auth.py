@@ -33,6 +33,7 @@ class Principal:
     rate_limit_tpm: int | None = None
     max_concurrent: int | None = None
     lane: str = "interactive"  # Lane: interactive or batch
+    budget_key: str = ""  # whose limits' budget it spends (a minted token spends its limited minter's)
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
@@ -68,7 +69,7 @@ def _lookup(secret: str) -> Principal | str:
     touch_token(token_id=token.pk)
     grant = Grant.of_token(token)
     return Principal(token_id=token.pk, name=token.name, scopes=grant.scopes, allowed_models=grant.models,
-                     **grant.limits())  # fmt: skip
+                     budget_key=token.budget_key, **grant.limits())  # fmt: skip
 
 
 async def principal_for(secret: str) -> Principal:

@@ -44,6 +44,7 @@ API_MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",  # async-native
     "karen_host.api_handler.InlineCommonMiddleware",
     "inference.limits.headers.RateLimitHeadersMiddleware",  # x-ratelimit-* from admission; async-native
+    "inference.api.errors.ErrorShapeMiddleware",  # the router's bare 404/405 in the error shape; async-native
 ]
 
 

@@ -30,6 +30,7 @@ def issue_token(
     rate_limit_tpm: int | None = None,
     max_concurrent: int | None = None,
     lane: str = Lane.INTERACTIVE,
+    budget_of: int | None = None,
 ) -> tuple[APIToken, str]:
     """Create a token; return it with its secret, which is never retrievable again.
 
@@ -58,6 +59,7 @@ def issue_token(
         rate_limit_rpm=rate_limit_rpm,
         rate_limit_tpm=rate_limit_tpm,
         max_concurrent=max_concurrent,
+        budget_of=budget_of,
         lane=lane,
     )
     token.set_secret(secret)

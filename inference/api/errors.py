@@ -2,10 +2,12 @@
 
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError as NinjaAuthenticationError
 from ninja.errors import HttpError
@@ -53,6 +55,10 @@ class NotFound(APIError):
 
 class Conflict(APIError):
     status, error_type = 409, "conflict_error"
+
+
+class MethodNotAllowed(APIError):
+    status = 405
 
 
 class PayloadTooLarge(APIError):
@@ -161,3 +167,44 @@ def install_error_handlers(api: NinjaAPI) -> None:
     @api.exception_handler(Exception)
     def _any(request: HttpRequest, exc: Exception) -> HttpResponse:
         return refuse(request, as_api_error(exc))
+
+
+class ErrorShapeMiddleware:
+    """The router's own bare 404 and 405 (an unknown path, a method a path does not serve) in the error shape.
+
+    They come from Django and ninja before any of our handlers run, as plain text or HTML.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._acall(request)
+        return self._shaped(request, self.get_response(request))
+
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
+        return self._shaped(request, await self.get_response(request))
+
+    @staticmethod
+    def _shaped(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        if response.status_code not in (404, 405) or response.get("Content-Type", "").startswith("application/json"):
+            return response
+        if response.status_code == 405:
+            allowed = response.get("Allow", "")
+            error: APIError = MethodNotAllowed(
+                f"{request.method} is not served at {request.path}; it serves {allowed or 'no method'}.",
+                code="method_not_allowed",
+            )
+        else:
+            error = NotFound(f"Nothing is served at {request.path}; see /v1/docs and /docs.", code="not_found")
+        shaped = refuse(request, error)
+        if response.has_header("Allow"):
+            shaped["Allow"] = response["Allow"]
+        return shaped

@@ -84,7 +84,8 @@ async def submit(
 ) -> JobHandle:
     """Apply the token's limits, admit (usage row) and queue the job; refusals become APIErrors, never billed."""
     meter = Meter(request_id, endpoint, principal.token_id, spec.model_id, client, lane=principal.lane)
-    job.owner, job.lane = str(principal.token_id), principal.lane  # the fair queue's turns and lanes
+    # the fair queue's turns and lanes: minted tokens take their minter's turn, not one each
+    job.owner, job.lane = principal.budget_key or str(principal.token_id), principal.lane
     # Only a token that may unload models may shorten a model's keep-alive for everyone else.
     job.keep_alive_may_shorten = principal.has_scope("models:manage")
     admission = await admit_within_limits(principal, job, request_id)  # RateLimited (429) past a token limit
@@ -106,6 +107,8 @@ def outcome_error(outcome: Outcome, request_id: str | None = None) -> APIError:
     """
     if outcome.error_code in ("context_length_exceeded", "chat_template_error", "empty_prompt"):
         error: APIError = InvalidRequest(outcome.error, code=outcome.error_code)
+    elif outcome.error_code == "grammar_too_slow":
+        error = InvalidRequest(outcome.error, param="response_format", code=outcome.error_code)
     elif outcome.error_code == "scheduler_failed":
         error = Unavailable(outcome.error, code=outcome.error_code, retry_after=1)
     elif outcome.status == "timeout":

@@ -154,7 +154,8 @@ async def inference(request: HttpRequest, body: NativeInferenceRequest) -> HttpR
                 yield {"token": event.text}
             elif event.status != "completed":
                 error = flow.outcome_error(event)
-                yield {"error": {"message": str(error), "type": error.error_type, "code": error.code}}
+                yield {"error": {"message": str(error), "type": error.error_type, "param": error.param,
+                                 "code": error.code}}  # fmt: skip
             else:
                 yield {"done": True, "model_id": spec.model_id, "finish_reason": event.finish_reason,
                        "usage": flow.usage_body(event), "timing": event.timings()}  # fmt: skip

@@ -4,11 +4,12 @@ Unknown fields are refused by name (400), except a few OpenAI fields that change
 nothing here (`user`, `metadata`, `store`, ...), which clients send routinely.
 """
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _IGNORED_OPENAI_FIELDS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key"}
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -26,14 +27,37 @@ class Strict(BaseModel):
 
 
 def parse_keep_alive(value: str | float | None) -> float | None:
-    """Ollama's keep_alive: "5m", "30s", 300, 0 (unload now), negative (forever) -> seconds."""
+    """Ollama's keep_alive: "5m", "30s", 300, 0 (unload now), negative (forever) -> seconds.
+
+    ValueError for anything else, an infinite or overflowing number included.
+    """
     if value is None:
         return -1.0  # the pool's default
-    match = _DURATION.match(str(value).strip())
-    if not match:
-        raise ValueError("keep_alive is a duration like '5m', '30s', '1h' or a number of seconds")
-    seconds = float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+    problem = "keep_alive is a duration like '5m', '30s', '1h' or a number of seconds"
+    if isinstance(value, bool):
+        raise ValueError(problem)
+    if isinstance(value, int | float):
+        try:
+            seconds = float(value)
+        except OverflowError as exc:
+            raise ValueError(f"{problem}; {value} is too large") from exc
+    else:
+        match = _DURATION.match(str(value).strip())
+        if not match:
+            raise ValueError(problem)
+        seconds = float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError(f"{problem}; it must be finite")
     return None if seconds < 0 else seconds
+
+
+def _valid_keep_alive(value: str | float | None) -> str | float | None:
+    parse_keep_alive(value)
+    return value
+
+
+# Every request field named keep_alive is checked where it is parsed: a bad one is a 400, never a 500.
+KeepAlive = Annotated[str | float | None, AfterValidator(_valid_keep_alive)]
 
 
 class SamplingParams(Strict):
@@ -50,7 +74,7 @@ class SamplingParams(Strict):
     seed: int | None = None
     stop: str | list[str] | None = None
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive = None
 
     @field_validator("max_tokens")
     @classmethod
@@ -78,12 +102,6 @@ class SamplingParams(Strict):
             # ASCII digits only: "²".isdigit() is true, and int("²") fails
             if not (key.isascii() and key.isdigit()) or len(key) > 10:
                 raise ValueError(f"keys are token ids (non-negative integers); {key[:20]!r} is not")
-        return value
-
-    @field_validator("keep_alive")
-    @classmethod
-    def _keep_alive(cls, value: str | float | None) -> str | float | None:
-        parse_keep_alive(value)
         return value
 
 
@@ -195,7 +213,7 @@ class EmbeddingRequest(Strict):
     input: str | Annotated[list[str], Field(min_length=1, max_length=256)]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive = None
 
     @field_validator("dimensions")
     @classmethod
@@ -207,7 +225,7 @@ class EmbeddingRequest(Strict):
 
 class LoadRequest(Strict):
     model_id: str = Field(min_length=1, max_length=200)
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive = None
 
 
 class NativeInferenceRequest(Strict):

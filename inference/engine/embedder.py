@@ -22,7 +22,7 @@ import numpy as np
 from llama_cpp import _internals
 
 from inference.engine.jobs import Job, JobHandle, Outcome
-from inference.engine.llama_runner import LlamaRunner, PromptError, _threads
+from inference.engine.llama_runner import LlamaRunner, PromptError, _threads, utf8
 from inference.engine.scheduler import QueueFull, SchedulerDown
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ class EmbeddingWorker:
     def prepare(self, job: Job) -> list[list[int]]:
         """The tokens of each input; PromptError if one is too long (the request's worker thread)."""
         spec = self.runner.spec
-        inputs = [self.runner.model.tokenize(text.encode(), add_bos=spec.add_bos, special=True) for text in job.inputs]
+        tokenize = self.runner.model.tokenize
+        inputs = [tokenize(utf8(text, "input"), add_bos=spec.add_bos, special=True) for text in job.inputs]
         for i, tokens in enumerate(inputs):
             if len(tokens) > self.n_ctx:
                 raise PromptError(

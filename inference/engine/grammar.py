@@ -41,21 +41,29 @@ class SchemaBounds:
     max_grammar_bytes: int = 256 * 1024
 
 
-def _expanded_size(pattern: str, i: int, depth: int, path: str, bounds: SchemaBounds) -> tuple[int, int]:
-    """(characters the converter writes for the pattern from `i` to its group's end, where that is).
+MAX_AMBIGUOUS_STATES = 64
 
-    The converter writes a quantified piece out in full (`(ab){3}` as `ab ab ab`), so nested
-    quantifiers multiply: each quantifier is bounded, and so is the expanded total.
+
+def _expanded_size(pattern: str, i: int, depth: int, path: str, bounds: SchemaBounds) -> tuple[int, int, int]:
+    """(characters the converter writes for the pattern from `i` to its group's end, where that is, states).
+
+    The converter writes a quantified piece out in full (`(ab){3}` as `ab ab ab`, `a{0,3}` as
+    nested optionals), so nested quantifiers multiply: each quantifier is bounded, and so is
+    the expanded total. `states` counts the places a character can stand in a variable-length
+    part; a quantifier over such a part multiplies them, and llama.cpp's grammar sampler keeps
+    one stack per place for every candidate token: `^((a{0,10}){0,10}){0,10}$` is 337 bytes of
+    grammar and stalls the decode thread for minutes. So the product is bounded too.
     """
     if depth > 64:
         raise SchemaRefused("'pattern' nests groups deeper than 64", path)
-    total = 0
+    total = states = 0
     while i < len(pattern):
         char = pattern[i]
         if char == ")":
-            return total, i + 1
+            return total, i + 1, states
+        unit_states = 0
         if char == "(":
-            unit, i = _expanded_size(pattern, i + 1, depth + 1, path, bounds)
+            unit, i, unit_states = _expanded_size(pattern, i + 1, depth + 1, path, bounds)
         elif char == "\\":
             unit, i = 1, i + 2
         elif char == "[":
@@ -65,8 +73,9 @@ def _expanded_size(pattern: str, i: int, depth: int, path: str, bounds: SchemaBo
             unit, i = 1, j + 1
         else:
             unit, i = 1, i + 1
-        if (match := _QUANTIFIER.match(pattern, i)) is not None:
-            count = max(int(match.group(1) or 0), int(match.group(2) or 0))
+        low, high, end = _quantifier(pattern, i)
+        if end > i:
+            count = max(low, high if high is not None else low)
             if count > bounds.max_repetitions:
                 raise SchemaRefused(
                     f"'pattern' repeats {count} times; the limit is {bounds.max_repetitions} "
@@ -74,15 +83,48 @@ def _expanded_size(pattern: str, i: int, depth: int, path: str, bounds: SchemaBo
                     path,
                 )
             unit *= max(count, 1)
-            i = match.end()
+            nested = unit_states > 0 and count > 1
+            if nested:
+                unit_states *= count
+            elif high != low:  # a variable count over fixed content: one place per count, no more
+                unit_states = max(count, 1)
+            if nested and unit_states > MAX_AMBIGUOUS_STATES:
+                raise SchemaRefused(
+                    "'pattern' nests a repetition inside a repetition (like (a{0,10}){0,10}), which makes "
+                    f"{unit_states} ways to read one string, over the {MAX_AMBIGUOUS_STATES} the grammar sampler "
+                    "can follow at speed; write it with one level of repetition",
+                    path,
+                )
+            i = end
         total += unit
+        states += unit_states
         if total > bounds.max_grammar_bytes:
             raise SchemaRefused(
                 f"'pattern' expands past {bounds.max_grammar_bytes} characters of grammar (nested quantifiers "
                 "multiply; GRAMMAR_MAX_BYTES)",
                 path,
             )
-    return total, i
+    return total, i, states
+
+
+def _quantifier(pattern: str, i: int) -> tuple[int, int | None, int]:
+    """(min, max or None for unbounded, end) of a quantifier at `i`; end == i when there is none."""
+    if i >= len(pattern):
+        return 1, 1, i
+    char = pattern[i]
+    lazy = 1 if i + 1 < len(pattern) and pattern[i + 1] == "?" and char in "*+?}" else 0
+    if char == "*":
+        return 0, None, i + 1 + lazy
+    if char == "+":
+        return 1, None, i + 1 + lazy
+    if char == "?":
+        return 0, 1, i + 1 + lazy
+    if (match := _QUANTIFIER.match(pattern, i)) is not None:
+        low = int(match.group(1) or 0)
+        if match.group(2) is None and "," not in match.group(0):
+            return low, low, match.end()
+        return low, int(match.group(2)) if match.group(2) else None, match.end()
+    return 1, 1, i
 
 
 def _check_pattern(pattern: Any, path: str, bounds: SchemaBounds) -> None:

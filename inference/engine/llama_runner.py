@@ -46,6 +46,18 @@ class PromptError(ValueError):
         self.param, self.code = param, code
 
 
+def utf8(text: str, param: str) -> bytes:
+    """`text` as UTF-8 for llama.cpp; PromptError for what JSON allows and UTF-8 cannot hold (a lone surrogate)."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        raise PromptError(
+            f"{param} holds {exc.object[exc.start : exc.end]!a}, a lone UTF-16 surrogate, which is not text",
+            param=param,
+            code="invalid_value",
+        ) from exc
+
+
 def _keeping_gil(name: str) -> Any:
     """`llama_cpp.<name>` declared so that the call keeps the GIL (ctypes' PYFUNCTYPE).
 
@@ -79,6 +91,10 @@ class GreedyArgmax:
             logits = logits.copy()
             logits[self.bias_ids] += self.bias_values
         return int(logits.argmax())
+
+
+class GrammarSampler(_internals.LlamaSampler):
+    """A sampler chain with a grammar. Its sampling can take long, so it releases the GIL (see `sample`)."""
 
 
 @dataclass
@@ -169,8 +185,8 @@ class LlamaRunner:
         """Prompt tokens for a chat or completion job; raise PromptError if they do not fit."""
         text = self.render_chat(job.messages, bounds) if job.kind == "chat" else job.prompt
         add_bos = self.spec.add_bos and not (self.spec.bos_token and text.startswith(self.spec.bos_token))
-        tokens = self.model.tokenize(text.encode(), add_bos=add_bos, special=True)
         param = "messages" if job.kind == "chat" else "prompt"
+        tokens = self.model.tokenize(utf8(text, param), add_bos=add_bos, special=True)
         if not tokens:
             raise PromptError("The prompt is empty.", param=param, code="empty_prompt")
         if len(tokens) >= self.n_ctx_slot:
@@ -222,7 +238,7 @@ class LlamaRunner:
         neutral = sampling.repeat_penalty == 1 and not sampling.frequency_penalty and not sampling.presence_penalty
         if sampling.temperature == 0 and neutral and grammar is None:
             return GreedyArgmax(sampling.logit_bias)
-        sampler = _internals.LlamaSampler()
+        sampler = GrammarSampler() if grammar is not None else _internals.LlamaSampler()
         if sampling.logit_bias:
             sampler.add_logit_bias(self.n_vocab, sampling.logit_bias)
         sampler.add_penalties(
@@ -255,6 +271,8 @@ class LlamaRunner:
         if isinstance(sampler, GreedyArgmax):
             row = _get_logits_ith(self.ctx.ctx, index)
             return sampler.pick(np.ctypeslib.as_array(row, shape=(self.n_vocab,)))
+        if isinstance(sampler, GrammarSampler):  # may take long: the event loop and other models go on meanwhile
+            return llama_cpp.llama_sampler_sample(sampler.sampler, self.ctx.ctx, index)
         return _sampler_sample(sampler.sampler, self.ctx.ctx, index)
 
     def is_eog(self, token: int) -> bool:

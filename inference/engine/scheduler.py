@@ -28,6 +28,7 @@ from inference.engine.llama_runner import LlamaRunner, Prepared
 from inference.engine.prompt_cache import PrefixReuse, PromptCache, common_prefix
 
 logger = logging.getLogger(__name__)
+SLOW_SAMPLE_S = 1.0  # one token's sampling past this ends its request: every other slot waits on it
 
 
 class QueueFull(Exception):
@@ -416,7 +417,15 @@ class BatchScheduler:
         self.stats["batched_tokens"] += n
         for slot, index in sample_at:
             try:
-                self._on_token(slot, self.runner.sample(slot.request.sampler, index))
+                started = time.perf_counter()
+                token = self.runner.sample(slot.request.sampler, index)
+                if time.perf_counter() - started > SLOW_SAMPLE_S:  # a grammar too costly to follow: stop it here
+                    self.stats["request_failures"] += 1
+                    self._finish(slot, "error", "error", code="grammar_too_slow", error=(
+                        f"sampling one token under this request's grammar took over {SLOW_SAMPLE_S:g}s; "
+                        "simplify the response_format schema"))  # fmt: skip
+                    continue
+                self._on_token(slot, token)
             except Exception as exc:  # sampling, detokenizing or stop handling failed for this request alone
                 logger.exception("a request on %s failed in its step", self.runner.spec.model_id)
                 self.stats["request_failures"] += 1

@@ -224,7 +224,10 @@ class APITokenViewSet(
         grant = caller_grant(request)
         fields = grant.inherit(fields)  # unset expiry, limits and lane: the caller's own
         grant.check(fields)
-        token, secret = issue_token(owner=owner, **fields)
+        minter = request.auth if isinstance(request.auth, APIToken) else None
+        # A limited token's mintees spend from its budget: minting must not multiply a limit.
+        budget_of = int(minter.budget_key) if minter is not None and (minter.has_limits or minter.budget_of) else None
+        token, secret = issue_token(owner=owner, budget_of=budget_of, **fields)
         token.secret = secret  # on this response only; never stored, never logged
         return Response(CreatedTokenSerializer(token).data, status=status.HTTP_201_CREATED)
 

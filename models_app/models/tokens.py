@@ -43,6 +43,10 @@ class APIToken(models.Model):
     max_concurrent = models.PositiveIntegerField(
         "concurrent requests", null=True, blank=True, help_text="Requests in flight at once; empty: unlimited."
     )
+    budget_of = models.PositiveIntegerField(
+        null=True, blank=True, editable=False,
+        help_text="Spends from this token's budget (a token minted by a limited token): minting never adds budget.",
+    )  # fmt: skip
     lane = models.CharField(
         max_length=16, choices=Lane.choices, default=Lane.INTERACTIVE,
         help_text="Interactive requests take free slots before batch ones; batch work is aged so it never starves.",
@@ -75,6 +79,15 @@ class APIToken(models.Model):
     @property
     def is_active(self) -> bool:
         return not self.revoked and not self.is_expired
+
+    @property
+    def has_limits(self) -> bool:
+        return any(v is not None for v in (self.rate_limit_rpm, self.rate_limit_tpm, self.max_concurrent))
+
+    @property
+    def budget_key(self) -> str:
+        """Whose per-minute and concurrency budget this token spends: its own, or its limited minter's."""
+        return str(self.budget_of or self.pk)
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes or Scope.ADMIN in self.scopes

@@ -233,8 +233,9 @@ def test_a_socket_flooding_the_queue_leaves_room_for_another_tokens_request(live
     settings.MAX_QUEUE = 8  # read when the engine is made: fresh_engine (via one_slot) made none yet
     url, secret, model = live
     _, other = issue_token(name="other", owner=admin_user, scopes=["inference"])
-    frame = {"type": "generate", "model": model, "prompt": "Count:", "max_tokens": 16, "temperature": 0,
+    frame = {"type": "generate", "model": model, "prompt": "Count:", "max_tokens": 2000, "temperature": 0,
              "logit_bias": NO_EOS_BY_NAME}  # fmt: skip
+    results = {}
     with connect(url.replace("http", "ws") + "/ws/v1/generate",
                  additional_headers={"Authorization": f"Bearer {secret}"}) as ws:  # fmt: skip
         for i in range(200):
@@ -245,7 +246,16 @@ def test_a_socket_flooding_the_queue_leaves_room_for_another_tokens_request(live
             if f["type"] == "error":
                 assert f["error"]["code"] == "queue_full" and f["retry_after"] >= 1
                 refused += 1
+        worker = get_engine().pool.get(model).worker
+        assert (worker.running, worker.waiting) == (1, 4)
         body = {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
-        response = httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {other}"},
-                              timeout=120)  # fmt: skip
-    assert response.status_code == 200, response.text
+
+        def send():
+            results["other"] = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120,
+                                          headers={"Authorization": f"Bearer {other}"})  # fmt: skip
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        _wait_for(lambda: worker.waiting == 5 or "other" in results)  # queued behind the flood, not refused
+    thread.join(timeout=120)  # the socket closed: its generations were cancelled, the other one runs
+    assert results["other"].status_code == 200, results["other"].text

@@ -143,3 +143,11 @@ def test_a_websocket_frame_past_its_size_limit_is_an_error_frame(live, settings)
         frame = json.loads(ws.recv(timeout=30))
     assert frame["type"] == "error" and frame["error"]["code"] == "frame_too_large"
     assert_still_serving(live)
+
+
+def test_a_pattern_that_nests_repetitions_is_refused_before_it_can_stall_the_decode_thread(live):
+    # 337 bytes of grammar, but one stack per way to read a string of a's: minutes per token.
+    schema = {"type": "string", "pattern": "^((((a{0,10}){0,10}){0,10}){0,10})$"}
+    error = assert_error(post(live, "/v1/chat/completions", with_schema(live, schema)), 400, "invalid_request_error")
+    assert error["param"] == f"{SCHEMA}.pattern" and "repetition inside a repetition" in error["message"]
+    assert_still_serving(live)

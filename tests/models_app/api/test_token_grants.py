@@ -128,3 +128,24 @@ def test_token_reads_show_lane_and_max_concurrent(admin_user, manager):
     token, _ = issue_token(name="batchy", owner=admin_user, scopes=["inference"], lane="batch", max_concurrent=3)
     body = manager.get(f"{URL}{token.pk}/").json()
     assert body["lane"] == "batch" and body["max_concurrent"] == 3
+
+
+def test_tokens_minted_by_a_limited_token_spend_from_its_budget_and_not_a_new_one(admin_user):
+    from inference.auth import _lookup
+
+    parent, client = minter(admin_user, rate_limit_rpm=2, max_concurrent=1)
+    first = APIToken.objects.get(pk=create(client, scopes=["models:read"]).json()["id"])
+    second = APIToken.objects.get(pk=create(client, scopes=["models:read"]).json()["id"])
+    assert first.budget_key == second.budget_key == str(parent.pk)
+    # and a token minted by one of them still spends from the first limited token's budget
+    _, child_secret = issue_token(name="grandchild-minter", owner=admin_user, scopes=MANAGE, rate_limit_rpm=2,
+                                  budget_of=int(first.budget_key))  # fmt: skip
+    grandchild = APIToken.objects.get(pk=create(client_for(child_secret)).json()["id"])
+    assert grandchild.budget_key == str(parent.pk)
+    assert _lookup(child_secret).budget_key == str(parent.pk)  # what admission and the fair queue key on
+
+
+def test_tokens_minted_by_an_unlimited_token_have_budgets_of_their_own(admin_user):
+    _, client = minter(admin_user)
+    minted = APIToken.objects.get(pk=create(client).json()["id"])
+    assert minted.budget_of is None and minted.budget_key == str(minted.pk)

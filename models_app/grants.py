@@ -108,10 +108,19 @@ class Grant:
             )
 
     def check_may_change(self, token: APIToken) -> None:
-        """GrantRefused unless the caller holds every scope of `token` (to change or revoke it)."""
+        """GrantRefused unless the caller holds every scope and model of `token` (to change or revoke it)."""
         if missing := sorted(s for s in token.scopes if not self.holds(s)):
             raise GrantRefused(
                 f"This caller cannot change or revoke a token holding scopes it lacks: {', '.join(missing)}.",
                 param=None,
                 code="scope_escalation",
             )
+        if self.models:  # a caller limited to some models reaches only tokens limited to some of them
+            theirs = {m.pk for m in token.allowed_models.all()}
+            if not theirs or not theirs <= self.models:
+                raise GrantRefused(
+                    "This caller cannot change or revoke a token that may use models it may not "
+                    f"(it may use only {', '.join(sorted(self.models))}).",
+                    param=None,
+                    code="model_escalation",
+                )

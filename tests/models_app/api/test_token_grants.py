@@ -149,3 +149,19 @@ def test_tokens_minted_by_an_unlimited_token_have_budgets_of_their_own(admin_use
     _, client = minter(admin_user)
     minted = APIToken.objects.get(pk=create(client).json()["id"])
     assert minted.budget_of is None and minted.budget_key == str(minted.pk)
+
+
+def test_a_token_limited_to_one_model_cannot_revoke_a_token_of_another_model(admin_user, small_model):
+    from models_app.models import LLMModel
+
+    other = LLMModel.objects.create(id="other", name="other", file_path="/nonexistent.gguf", file_size=1)
+    _, client = minter(admin_user, models=[small_model.pk])
+    target, _ = issue_token(name="theirs", owner=admin_user, scopes=["models:read"], models=[other.pk])
+    assert_error(client.post(f"{URL}{target.pk}/revoke/"), 403, error_type="permission_error", code="model_escalation")
+    unrestricted, _ = issue_token(name="everything", owner=admin_user, scopes=["models:read"])
+    assert_error(client.post(f"{URL}{unrestricted.pk}/revoke/"), 403, error_type="permission_error",
+                 code="model_escalation")  # fmt: skip
+    mine, _ = issue_token(name="mine", owner=admin_user, scopes=["models:read"], models=[small_model.pk])
+    assert client.post(f"{URL}{mine.pk}/revoke/").status_code == 200
+    target.refresh_from_db()
+    assert not target.revoked

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from inference.engine.embedder import EmbeddingWorker
-from inference.engine.jobs import Outcome
 from inference.engine.llama_runner import LlamaRunner
 from inference.engine.scheduler import BatchScheduler
 from inference.engine.spec import ModelSpec
@@ -316,8 +315,7 @@ class ModelPool:
                 worker = m.worker
                 if not worker.alive and not worker._stopping:
                     if worker.failed is None:  # died without ending its requests: end them now
-                        worker._end_all(Outcome("error", "error", error="the model's scheduler stopped; retry",
-                                                error_code="scheduler_failed"))  # fmt: skip
+                        worker.abandon("the model's scheduler stopped; retry")
                     self._replace_scheduler(m, worker)
             with self._lock:
                 expired = [

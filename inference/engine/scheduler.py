@@ -12,13 +12,11 @@ Thread-safety: `submit` and the counters may be used from any thread; everything
 runs on the scheduler's own thread, the only one that calls llama.cpp for this model.
 """
 
-import codecs
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import llama_cpp
 
@@ -26,76 +24,12 @@ from inference.engine.fair_queue import LANES, FairQueue, owner_limit
 from inference.engine.jobs import Job, JobHandle, Outcome, Token, batched_handoffs
 from inference.engine.llama_runner import LlamaRunner, Prepared
 from inference.engine.prompt_cache import PrefixReuse, PromptCache, common_prefix
+from inference.engine.slots import QueuedItem, QueueFull, SchedulerDown, Slot, SlotRequest, new_stats, put_token
+
+__all__ = ["BatchScheduler", "QueueFull", "SchedulerDown"]
 
 logger = logging.getLogger(__name__)
 SLOW_SAMPLE_S = 1.0  # one token's sampling past this ends its request: every other slot waits on it
-
-
-class QueueFull(Exception):
-    """The model's wait queue, or this owner's share of it, is at its limit."""
-
-    def __init__(self, model_id: str, depth: int, *, share: bool = False) -> None:
-        whose = "from this token, its share of the queue" if share else "its limit"
-        super().__init__(f"{model_id} has {depth} requests waiting {whose}; retry shortly.")
-        self.depth = depth
-
-
-class SchedulerDown(Exception):
-    """The model's scheduler failed and is being replaced; the request may be retried at once."""
-
-
-@dataclass(eq=False)
-class _Item:
-    job: Job
-    handle: JobHandle
-    tokens: list[int]
-    sampler: object
-    # The queue's clock starts here, not at the job's submission: loading the model first is
-    # not waiting in its queue, and a long load must not time out the request that asked for it.
-    queued_at: float = field(default_factory=time.perf_counter)
-    reported: int | None = None  # the queue position last told to its handle
-
-    @property
-    def owner(self) -> str:
-        return self.job.owner
-
-    @property
-    def lane(self) -> str:
-        return self.job.lane
-
-
-@dataclass
-class _Request:
-    """The state of one request while it holds a slot."""
-
-    item: _Item
-    sampler: object
-    prompt_rest: list[int]
-    max_tokens: int
-    admitted_at: float
-    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
-    pending: str = ""
-    produced: int = 0
-    last: int = -1
-    first_at: float | None = None
-
-
-@dataclass
-class _Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV this slot's stream holds
-    request: _Request | None = None
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest tail of `text` that could still grow into a stop string."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:n]):
-                longest = n
-                break
-    return longest
 
 
 class BatchScheduler:
@@ -122,29 +56,14 @@ class BatchScheduler:
         self.per_owner = owner_limit(max_queue, owner_share)
         self.queue_timeout_s = queue_timeout_s
         self.on_failure = on_failure
-        self.slots = [_Slot(i) for i in range(runner.n_parallel)]
+        self.slots = [Slot(i) for i in range(runner.n_parallel)]
         for slot in self.slots:  # a fresh scheduler on a used context: no stale KV
             runner.forget(slot.seq_id)
         self.prompt_cache = PromptCache(int(prompt_cache_mb * 2**20))
-        self.stats = {
-            "steps": 0,
-            "batched_tokens": 0,
-            "prefix_hits": 0,
-            "prefix_tokens_reused": 0,
-            "slot_copies": 0,
-            "prompt_cache_stored": 0,
-            "prompt_cache_hits": 0,
-            "prompt_cache_tokens_restored": 0,
-            "prompt_cache_entries": 0,
-            "prompt_cache_bytes": 0,
-            "queue_admitted": 0,  # requests that left the queue for a slot, and their summed wait
-            "queue_wait_ms_total": 0.0,
-            "queue_timeouts": 0,
-            "request_failures": 0,  # requests ended by a failure in their own step
-        }
+        self.stats = new_stats()
         self._reuse = PrefixReuse(runner, self.prompt_cache, self.stats)
-        self._inbox: queue.Queue[_Item | None] = queue.Queue()
-        self._waiting: FairQueue[_Item] = FairQueue(batch_age_s=batch_age_s)
+        self._inbox: queue.Queue[QueuedItem | None] = queue.Queue()
+        self._waiting: FairQueue[QueuedItem] = FairQueue(batch_age_s=batch_age_s)
         self._lock = threading.Lock()
         self.waiting = 0
         self.running = 0
@@ -187,7 +106,7 @@ class BatchScheduler:
             with self._lock:
                 self._hold(job, -1)
             raise
-        self._inbox.put(_Item(job, handle, prepared.tokens, prepared.sampler))
+        self._inbox.put(QueuedItem(job, handle, prepared.tokens, prepared.sampler))
 
     def _hold(self, job: Job, n: int) -> None:
         """Count a place in the queue taken (+1) or given up (-1); the caller holds the lock."""
@@ -214,8 +133,7 @@ class BatchScheduler:
             with self._lock:
                 self.failed = exc
             try:
-                self._end_all(Outcome("error", "error", error=f"the model's scheduler failed: {exc!r}; retry",
-                                      error_code="scheduler_failed"))  # fmt: skip
+                self.abandon(f"the model's scheduler failed: {exc!r}; retry")
             finally:
                 if self.on_failure is not None:
                     self.on_failure(self)
@@ -249,6 +167,10 @@ class BatchScheduler:
                 item.reported = position
                 item.handle.report_position(position)
 
+    def abandon(self, reason: str) -> None:
+        """End every request held with `scheduler_failed` (503). Only once the thread is gone, or on it."""
+        self._end_all(Outcome("error", "error", error=reason, error_code="scheduler_failed"))
+
     def _end_all(self, outcome: Outcome) -> None:
         """End every request this scheduler holds with `outcome` (its counts filled in per request)."""
         for slot in self.slots:
@@ -280,7 +202,7 @@ class BatchScheduler:
             except queue.Empty:
                 return
 
-    def _drain_inbox(self) -> list[_Item]:
+    def _drain_inbox(self) -> list[QueuedItem]:
         items = []
         while True:
             try:
@@ -290,7 +212,7 @@ class BatchScheduler:
             if item is not None:
                 items.append(item)
 
-    def _end_waiting(self, item: _Item, outcome: Outcome) -> None:
+    def _end_waiting(self, item: QueuedItem, outcome: Outcome) -> None:
         with self._lock:
             self._hold(item.job, -1)
         item.handle.push(outcome)
@@ -339,7 +261,7 @@ class BatchScheduler:
                                  error=f"admission failed: {exc}", error_code="engine_error")  # fmt: skip
                 self._end_waiting(item, failed)
 
-    def _seat(self, item: _Item, slot: _Slot, others: list[_Slot]) -> None:
+    def _seat(self, item: QueuedItem, slot: Slot, others: list[Slot]) -> None:
         """Put `item` in `slot`, reusing the longest prefix of its prompt found in `slot`, `others` or the cache."""
         moved = self._reuse.bring_longest(slot, others, item.tokens)
         keep = min(common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
@@ -357,7 +279,7 @@ class BatchScheduler:
         admitted_at = time.perf_counter()
         self.stats["queue_admitted"] += 1
         self.stats["queue_wait_ms_total"] += (admitted_at - item.queued_at) * 1000
-        slot.request = _Request(
+        slot.request = SlotRequest(
             item=item,
             sampler=item.sampler,
             prompt_rest=item.tokens[keep:],
@@ -368,7 +290,7 @@ class BatchScheduler:
             self._hold(item.job, -1)
             self.running += 1
 
-    def _step(self, active: list[_Slot]) -> None:
+    def _step(self, active: list[Slot]) -> None:
         """One decode call for every active slot, then one sampled token for each that is ready."""
         for slot in active:
             if slot.request.item.handle.cancelled.is_set():
@@ -379,10 +301,10 @@ class BatchScheduler:
         batch = self.runner.batch.batch
         n_batch = self.runner.n_batch
         n = 0
-        sample_at: list[tuple[_Slot, int]] = []
+        sample_at: list[tuple[Slot, int]] = []
         generating = [slot for slot in active if not slot.request.prompt_rest]
         for slot in generating:
-            self._put(batch, n, slot.request.last, len(slot.cached), slot.seq_id, True)
+            put_token(batch, n, slot.request.last, len(slot.cached), slot.seq_id, True)
             slot.cached.append(slot.request.last)
             sample_at.append((slot, n))
             n += 1
@@ -402,7 +324,7 @@ class BatchScheduler:
             request.prompt_rest = request.prompt_rest[len(chunk) :]
             start = len(slot.cached)
             for i, token in enumerate(chunk):
-                self._put(batch, n, token, start + i, slot.seq_id, False)
+                put_token(batch, n, token, start + i, slot.seq_id, False)
                 n += 1
             slot.cached.extend(chunk)
             prefill_budget -= len(chunk)
@@ -432,15 +354,7 @@ class BatchScheduler:
                 if slot.request is not None:
                     self._finish(slot, "error", "error", error=f"generation failed: {exc}", code="engine_error")
 
-    @staticmethod
-    def _put(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
-        batch.token[i] = token
-        batch.pos[i] = pos
-        batch.seq_id[i][0] = seq_id
-        batch.n_seq_id[i] = 1
-        batch.logits[i] = logits
-
-    def _on_token(self, slot: _Slot, token: int) -> None:
+    def _on_token(self, slot: Slot, token: int) -> None:
         request = slot.request
         if request.first_at is None:
             request.first_at = time.perf_counter()
@@ -449,27 +363,16 @@ class BatchScheduler:
             return
         request.produced += 1
         request.last = token
-        handle, stops = request.item.handle, request.item.job.sampling.stop
-        request.pending += request.decoder.decode(self.runner.piece(token))
-        if stops:
-            hit = min((i for i in (request.pending.find(s) for s in stops) if i >= 0), default=-1)
-            if hit >= 0:
-                if hit:
-                    handle.push(Token(request.pending[:hit]))
-                request.pending = ""
-                self._finish(slot, "completed", "stop")
-                return
-            keep = _held_back(request.pending, stops)
-            ready = request.pending[: len(request.pending) - keep]
-            request.pending = request.pending[len(ready) :]
-        else:
-            ready, request.pending = request.pending, ""
+        ready, stopped = request.take_text(self.runner.piece(token))
         if ready:
-            handle.push(Token(ready))
+            request.item.handle.push(Token(ready))
+        if stopped:
+            self._finish(slot, "completed", "stop")
+            return
         if request.produced >= request.max_tokens:
             self._finish(slot, "completed", "length")
 
-    def _finish(self, slot: _Slot, status: str, finish_reason: str, *, error: str = "", code: str = "") -> None:
+    def _finish(self, slot: Slot, status: str, finish_reason: str, *, error: str = "", code: str = "") -> None:
         request, slot.request = slot.request, None
         if status == "error":
             self.runner.forget(slot.seq_id)  # a failed step may have left partial KV

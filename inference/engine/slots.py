@@ -1,0 +1,128 @@
+"""What the scheduler keeps per request and per slot, and the refusals of its queue.
+
+Plain data; only the model's scheduler thread touches a slot or a request after admission.
+"""
+
+import codecs
+import time
+from dataclasses import dataclass, field
+
+import llama_cpp
+
+from inference.engine.jobs import Job, JobHandle
+
+
+class QueueFull(Exception):
+    """The model's wait queue, or this owner's share of it, is at its limit."""
+
+    def __init__(self, model_id: str, depth: int, *, share: bool = False) -> None:
+        whose = "from this token, its share of the queue" if share else "its limit"
+        super().__init__(f"{model_id} has {depth} requests waiting {whose}; retry shortly.")
+        self.depth = depth
+
+
+class SchedulerDown(Exception):
+    """The model's scheduler failed and is being replaced; the request may be retried at once."""
+
+
+@dataclass(eq=False)
+class QueuedItem:
+    job: Job
+    handle: JobHandle
+    tokens: list[int]
+    sampler: object
+    # The queue's clock starts here, not at the job's submission: loading the model first is
+    # not waiting in its queue, and a long load must not time out the request that asked for it.
+    queued_at: float = field(default_factory=time.perf_counter)
+    reported: int | None = None  # the queue position last told to its handle
+
+    @property
+    def owner(self) -> str:
+        return self.job.owner
+
+    @property
+    def lane(self) -> str:
+        return self.job.lane
+
+
+@dataclass
+class SlotRequest:
+    """The state of one request while it holds a slot."""
+
+    item: QueuedItem
+    sampler: object
+    prompt_rest: list[int]
+    max_tokens: int
+    admitted_at: float
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    pending: str = ""
+    produced: int = 0
+    last: int = -1
+    first_at: float | None = None
+
+    def take_text(self, piece: bytes) -> tuple[str, bool]:
+        """(text ready to hand over, whether a stop string ended it) after one more token's bytes.
+
+        Text that could still grow into a stop string is held back; at a stop string the
+        text before it is ready and the rest is dropped.
+        """
+        stops = self.item.job.sampling.stop
+        self.pending += self.decoder.decode(piece)
+        if not stops:
+            ready, self.pending = self.pending, ""
+            return ready, False
+        hit = min((i for i in (self.pending.find(s) for s in stops) if i >= 0), default=-1)
+        if hit >= 0:
+            ready, self.pending = self.pending[:hit], ""
+            return ready, True
+        keep = held_back(self.pending, stops)
+        ready = self.pending[: len(self.pending) - keep]
+        self.pending = self.pending[len(ready) :]
+        return ready, False
+
+
+@dataclass
+class Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this slot's stream holds
+    request: SlotRequest | None = None
+
+
+def put_token(batch: llama_cpp.llama_batch, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:
+    """Place one token of one sequence at index `i` of a llama.cpp batch."""
+    batch.token[i] = token
+    batch.pos[i] = pos
+    batch.seq_id[i][0] = seq_id
+    batch.n_seq_id[i] = 1
+    batch.logits[i] = logits
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of `text` that could still grow into a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+def new_stats() -> dict[str, float]:
+    """A scheduler's counters, all at zero (shown in /performance and /metrics)."""
+    return {
+        "steps": 0,
+        "batched_tokens": 0,
+        "prefix_hits": 0,
+        "prefix_tokens_reused": 0,
+        "slot_copies": 0,
+        "prompt_cache_stored": 0,
+        "prompt_cache_hits": 0,
+        "prompt_cache_tokens_restored": 0,
+        "prompt_cache_entries": 0,
+        "prompt_cache_bytes": 0,
+        "queue_admitted": 0,  # requests that left the queue for a slot, and their summed wait
+        "queue_wait_ms_total": 0.0,
+        "queue_timeouts": 0,
+        "request_failures": 0,  # requests ended by a failure in their own step
+    }

@@ -28,11 +28,6 @@ from inference.engine.scheduler import QueueFull, SchedulerDown
 logger = logging.getLogger(__name__)
 
 
-def embedding_context_size(n_ctx: int) -> int:
-    """Tokens one embedding input may have: the model's context, at most 2048."""
-    return min(n_ctx, 2048)
-
-
 @dataclass(eq=False)
 class _Embedding:
     job: Job
@@ -46,7 +41,7 @@ class EmbeddingWorker:
     def __init__(self, runner: LlamaRunner, *, max_queue: int) -> None:
         self.runner = runner
         self.max_queue = max_queue
-        self.n_ctx = embedding_context_size(runner.spec.n_ctx)
+        self.n_ctx = runner.spec.embedding_n_ctx
         self._inbox: queue.Queue[_Embedding | None] = queue.Queue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None

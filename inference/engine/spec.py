@@ -6,6 +6,7 @@ from typing import Any
 from models_app.models import LLMModel, ModelConfig
 
 _KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+EMBEDDING_MAX_CTX = 2048  # the embedding context's size, at most (inference/engine/embedder.py)
 _COMPUTE_OVERHEAD = 1.10  # compute buffers and allocator slack on top of weights + KV
 
 
@@ -30,10 +31,15 @@ class ModelSpec:
     def n_ctx(self) -> int:
         return int(self.llama_kwargs["n_ctx"])
 
+    @property
+    def embedding_n_ctx(self) -> int:
+        """Tokens one embedding input may have: the model's context, at most EMBEDDING_MAX_CTX."""
+        return min(self.n_ctx, EMBEDDING_MAX_CTX)
+
     def estimated_mb(self) -> float:
         """Memory a load takes: weights + KV cache for n_ctx + the embedding context's, plus compute overhead."""
         kv_bytes = self.kv_elements_per_token * self.n_ctx * _KV_BYTES_PER_ELEMENT[self.llama_kwargs["cache_type_k"]]
-        embedding_kv_bytes = self.kv_elements_per_token * min(self.n_ctx, 2048) * _KV_BYTES_PER_ELEMENT["f16"]
+        embedding_kv_bytes = self.kv_elements_per_token * self.embedding_n_ctx * _KV_BYTES_PER_ELEMENT["f16"]
         return (self.file_size + kv_bytes + embedding_kv_bytes) * _COMPUTE_OVERHEAD / 2**20
 
     @classmethod

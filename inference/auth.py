@@ -35,6 +35,11 @@ class Principal:
     lane: str = "interactive"  # Lane: interactive or batch
     budget_key: str = ""  # whose limits' budget it spends (a minted token spends its limited minter's)
 
+    @property
+    def budget(self) -> str:
+        """The key its limits and its fair-queue turns go by: its budget's token, else itself."""
+        return self.budget_key or str(self.token_id)
+
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
 

@@ -133,7 +133,7 @@ async def admit_within_limits(principal: Principal, job: Job, request_id: str) -
     if not limits:
         return Admission(None, "", request_id)
     limiter = get_limiter()
-    key = principal.budget_key or str(principal.token_id)  # a minted token spends its minter's budget
+    key = principal.budget  # a minted token spends its minter's budget
     decision = await limiter.reserve(key, limits, request_id=request_id, tokens=estimate_tokens(job))
     if decision is None:  # the store failed: admitted uncounted (fail open, logged by the store)
         return Admission(None, key, request_id)

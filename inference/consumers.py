@@ -53,6 +53,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.jobs: dict[str, tuple[asyncio.Task, JobHandle | None]] = {}
         self.handles: dict[str, JobHandle] = {}
+        self._position_sends: set[asyncio.Future] = set()  # `queued` frames on their way (strong references)
         offered = self.scope.get("subprotocols", [])
         await self.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
         secret = _bearer(self.scope)
@@ -186,7 +187,6 @@ class GenerateConsumer(AsyncWebsocketConsumer):
                 self._position_sends.add(task := asyncio.ensure_future(self._send_queued(frame_id, position)))
                 task.add_done_callback(self._position_sends.discard)
 
-        self._position_sends: set[asyncio.Future] = getattr(self, "_position_sends", set())
         handle.on_position(send)
         send(handle.position)
 

@@ -147,7 +147,7 @@ def render_chat_template(
                 raise ChatTemplateError(f"chat template output passed {max_output_chars} characters; refused")
             parts.append(part)
             _tick()
-        return str("".join(parts))
+        return "".join(parts)
     except ChatTemplateError:
         raise
     except TemplateError as exc:

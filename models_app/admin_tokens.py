@@ -1,0 +1,167 @@
+"""The admin of who may call the server and what it cost: API tokens and usage records.
+
+Tokens are minted through `issue_token`, within the staff user's own grant (models_app.grants).
+"""
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from models_app.choices import Lane, Scope
+from models_app.grants import LIMIT_FIELDS, Grant, GrantRefused
+from models_app.models import APIToken, UsageRecord
+from models_app.selectors import token_usage_now
+from models_app.services import issue_token, revoke_token
+
+
+class APITokenForm(forms.ModelForm):
+    """A token as staff edit it; `grant` (set by the admin per request) bounds what they may give it."""
+
+    scopes = forms.MultipleChoiceField(choices=Scope.choices, widget=forms.CheckboxSelectMultiple)
+    lane = forms.ChoiceField(choices=Lane.choices, initial=Lane.INTERACTIVE, required=False)
+    grant: Grant | None = None
+
+    class Meta:
+        model = APIToken
+        fields = ("name", "owner", "scopes", "allowed_models", "expires_at", "rate_limit_rpm", "rate_limit_tpm",
+                  "max_concurrent", "lane")  # fmt: skip
+
+    def clean_lane(self) -> str:
+        return self.cleaned_data["lane"] or Lane.INTERACTIVE
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if self.grant is None:
+            return cleaned
+        try:
+            if self.instance.pk:
+                self.grant.check_may_change(self.instance)
+            asked = {name: cleaned[name] for name in ("scopes", *LIMIT_FIELDS, "expires_at", "lane") if name in cleaned}
+            if "allowed_models" in cleaned:
+                asked["models"] = [m.pk for m in cleaned["allowed_models"]]
+            self.grant.check(asked)
+        except GrantRefused as exc:
+            field = {"models": "allowed_models"}.get(exc.param, exc.param)
+            self.add_error(field if field in self.fields else None, str(exc))
+        expires_at = cleaned.get("expires_at")
+        if not self.instance.pk and expires_at is not None and expires_at <= timezone.now():
+            self.add_error("expires_at", "Must be in the future.")
+        return cleaned
+
+
+@admin.register(APIToken)
+class APITokenAdmin(admin.ModelAdmin):
+    """Staff other than superusers mint tokens only for themselves and never grant `admin` (models_app.grants)."""
+
+    form = APITokenForm
+    list_display = ("name", "prefix", "owner", "scope_list", "lane", "revoked", "expires_at", "last_used_at",
+                    "created_at")  # fmt: skip
+    list_filter = ("revoked", "lane", "owner")
+    search_fields = ("name", "prefix", "owner__username")
+    readonly_fields = ("prefix", "last_used_at", "revoked", "revoked_at", "created_at", "requests_last_minute",
+                       "tokens_last_minute", "in_flight")  # fmt: skip
+    fieldsets = (
+        (None, {"fields": ("name", "owner", "prefix", "scopes", "allowed_models", "expires_at")}),
+        ("Limits and lane", {"fields": (("rate_limit_rpm", "rate_limit_tpm", "max_concurrent"), "lane")}),
+        ("Usage against the limits", {"fields": ("requests_last_minute", "tokens_last_minute", "in_flight")}),
+        ("State", {"fields": ("revoked", "revoked_at", "last_used_at", "created_at")}),
+    )
+    filter_horizontal = ("allowed_models",)
+    list_select_related = ("owner",)
+    actions = ("revoke",)
+
+    def get_form(self, request: HttpRequest, obj: APIToken | None = None, **kwargs: Any) -> type[forms.ModelForm]:
+        form = super().get_form(request, obj, **kwargs)
+        form.grant = Grant.of_staff(request.user)  # the class is made per request, so this is this user's
+        return form
+
+    def get_fieldsets(self, request: HttpRequest, obj: APIToken | None = None) -> tuple:
+        return self.fieldsets if obj is not None else self.fieldsets[:2]  # nothing measured yet on add
+
+    def get_readonly_fields(self, request: HttpRequest, obj: APIToken | None = None) -> tuple[str, ...]:
+        # A token's owner is fixed at creation, as over REST.
+        return (*self.readonly_fields, "owner") if obj is not None else tuple(self.readonly_fields)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "owner" and not request.user.is_superuser:
+            kwargs["queryset"] = get_user_model().objects.filter(pk=request.user.pk)
+            kwargs["initial"] = request.user.pk
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj: APIToken) -> str:
+        return ", ".join(obj.scopes)
+
+    def _usage(self, obj: APIToken) -> dict[str, int]:
+        if not obj.pk:
+            return {"requests": 0, "tokens": 0, "in_flight": 0}
+        if getattr(obj, "_usage_now", None) is None:  # three fields, one query
+            obj._usage_now = token_usage_now(token_id=obj.pk)
+        return obj._usage_now
+
+    @admin.display(description="requests in the last minute")
+    def requests_last_minute(self, obj: APIToken) -> str:
+        return _against(self._usage(obj)["requests"], obj.rate_limit_rpm, "requests/min")
+
+    @admin.display(description="tokens in the last minute")
+    def tokens_last_minute(self, obj: APIToken) -> str:
+        return _against(self._usage(obj)["tokens"], obj.rate_limit_tpm, "tokens/min")
+
+    @admin.display(description="requests in flight")
+    def in_flight(self, obj: APIToken) -> str:
+        return _against(self._usage(obj)["in_flight"], obj.max_concurrent, "concurrent")
+
+    def save_model(self, request, obj, form, change) -> None:  # noqa: ANN001 - Django's signature
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        data = form.cleaned_data
+        token, secret = issue_token(
+            name=data["name"], owner=data["owner"], scopes=data["scopes"],
+            models=[m.pk for m in data["allowed_models"]], expires_at=data["expires_at"],
+            rate_limit_rpm=data["rate_limit_rpm"], rate_limit_tpm=data["rate_limit_tpm"],
+            max_concurrent=data["max_concurrent"], lane=data["lane"],
+        )  # fmt: skip
+        # The admin goes on with the form's instance (its m2m save, the log, the redirect): make it the new row.
+        for name in ("pk", "prefix", "secret_hash", "created_at"):
+            setattr(obj, name, getattr(token, name))
+        obj._state.adding, obj._state.db = False, token._state.db
+        # The only time the secret exists in clear: on this page, never in the DB or logs.
+        self.message_user(request, f"Token created. Copy it now, it is not shown again: {secret}", messages.WARNING)
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[APIToken]) -> None:
+        grant = Grant.of_staff(request.user)
+        active = list(queryset.filter(revoked=False))
+        tokens = [t for t in active if all(grant.holds(s) for s in t.scopes)]
+        for token in tokens:
+            revoke_token(token=token)
+        skipped = len(active) - len(tokens)
+        note = f"; {skipped} left alone: they hold scopes you cannot grant" if skipped else ""
+        self.message_user(request, f"Revoked {len(tokens)} token(s){note}.")
+
+
+def _against(used: int, limit: int | None, unit: str) -> str:
+    return f"{used} of {limit} {unit}" if limit is not None else f"{used} (no {unit} limit)"
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "endpoint", "model", "token", "lane", "status", "prompt_tokens",
+                    "completion_tokens", "time_to_first_token_ms", "duration_ms", "client_address")  # fmt: skip
+    list_filter = ("status", "lane", "endpoint", "model", "token", "created_at")
+    search_fields = ("request_id", "token__name", "token__prefix", "model__id")
+    date_hierarchy = "created_at"
+    list_select_related = ("model", "token")
+    readonly_fields = [f.name for f in UsageRecord._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # usage is measured, never typed in
+
+    def has_change_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
+        return False

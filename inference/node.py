@@ -148,7 +148,8 @@ class InferenceNodeConsumer(AsyncConsumer):
 
     async def inference_load(self, message: dict[str, Any]) -> None:
         spec = wire.decode_spec(message["spec"])
-        self._spawn(self._answer(message, self._load(spec, message.get("keep_alive_s", -1.0))))
+        keep_alive_s, may_shorten = message.get("keep_alive_s", -1.0), message.get("may_shorten", True) is not False
+        self._spawn(self._answer(message, self._load(spec, keep_alive_s, may_shorten)))
 
     async def inference_unload(self, message: dict[str, Any]) -> None:
         self._spawn(self._answer(message, self._unload(message["model_id"])))
@@ -204,8 +205,8 @@ class InferenceNodeConsumer(AsyncConsumer):
             await events.aclose()  # cancels the job if it has not ended
 
     # -- load, unload, answers ------------------------------------------------------
-    async def _load(self, spec: ModelSpec, keep_alive_s: float | None) -> dict[str, Any]:
-        result = await self.engine.load(spec, keep_alive_s=keep_alive_s)
+    async def _load(self, spec: ModelSpec, keep_alive_s: float | None, may_shorten: bool = True) -> dict[str, Any]:
+        result = await self.engine.load(spec, keep_alive_s=keep_alive_s, may_shorten=may_shorten)
         await self._beat()  # routing sees the model here at once, not a heartbeat later
         return result
 

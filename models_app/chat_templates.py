@@ -127,10 +127,14 @@ def render_chat_template(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    enable_thinking: bool | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
 ) -> str:
-    """The prompt text for `messages`, as the model was trained to see it; ChatTemplateError if it fails."""
+    """The prompt text for `messages`, as the model was trained to see it; ChatTemplateError if it fails.
+
+    `enable_thinking` is passed to templates that read it (Qwen3's); None leaves it undefined (their default).
+    """
     _budget.timeout_s = timeout_s
     _budget.deadline = time.perf_counter() + timeout_s
     try:
@@ -141,6 +145,8 @@ def render_chat_template(
             "messages": _wrap(messages), "bos_token": bos_token, "eos_token": eos_token,
             "add_generation_prompt": add_generation_prompt,
         }  # fmt: skip
+        if enable_thinking is not None:
+            context["enable_thinking"] = enable_thinking
         for part in template.generate(**context):
             size += len(part)
             if size > max_output_chars:
@@ -156,3 +162,8 @@ def render_chat_template(
         raise ChatTemplateError(f"chat template failed: {type(exc).__name__}: {exc}") from exc
     finally:
         _budget.deadline = float("inf")
+
+
+def supports_thinking(source: str) -> bool:
+    """Whether a chat template is a reasoning model's that marks its thinking with <think> tags (Qwen3, R1)."""
+    return "<think>" in source or "enable_thinking" in source

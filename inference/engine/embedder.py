@@ -55,6 +55,8 @@ class EmbeddingWorker:
         spec = self.runner.spec
         tokenize = self.runner.model.tokenize
         inputs = [tokenize(utf8(text, "input"), add_bos=spec.add_bos, special=True) for text in job.inputs]
+        if job.truncate:
+            return [tokens[: self.n_ctx] for tokens in inputs]
         for i, tokens in enumerate(inputs):
             if len(tokens) > self.n_ctx:
                 raise PromptError(

@@ -16,6 +16,7 @@ from inference.engine.grammar import SchemaBounds
 
 JobKind = Literal["chat", "completion", "embedding"]
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+PENALTY_LAST_N = 64  # llama.cpp's default look-back for the repetition penalties
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Sampling:
     repeat_penalty: float = 1.1
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    penalty_last_n: int = PENALTY_LAST_N  # tokens the penalties look back over (Ollama's repeat_last_n); 0: none
+    typical_p: float = 1.0  # locally typical sampling; 1.0: off
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)
@@ -55,6 +58,8 @@ class Job:
     messages: list[dict[str, Any]] = field(default_factory=list)
     prompt: str = ""
     inputs: list[str] = field(default_factory=list)  # embeddings
+    enable_thinking: bool | None = None  # chat: the template's `enable_thinking` (None: undefined, its default)
+    truncate: bool = False  # embeddings: cut an input to the context instead of refusing it (Ollama's `truncate`)
     sampling: Sampling = field(default_factory=Sampling)
     # Seconds to stay loaded after this request: None forever, -1.0 the pool's default.
     keep_alive_s: float | None = -1.0

@@ -29,7 +29,6 @@ _ROPE_SCALING = {
     "linear": llama_cpp.LLAMA_ROPE_SCALING_TYPE_LINEAR,
     "yarn": llama_cpp.LLAMA_ROPE_SCALING_TYPE_YARN,
 }
-PENALTY_LAST_N = 64
 
 # llama.cpp logs through this logger's level; left unset it prints every debug line of
 # context creation to stderr (Llama(verbose=False) sets it, the low-level API does not).
@@ -161,7 +160,9 @@ class LlamaRunner:
         return self.ctx.n_ctx() // self.n_parallel
 
     # -- prompts ---------------------------------------------------------------------
-    def render_chat(self, messages: list[dict[str, Any]], bounds: RequestBounds | None = None) -> str:
+    def render_chat(
+        self, messages: list[dict[str, Any]], bounds: RequestBounds | None = None, enable_thinking: bool | None = None
+    ) -> str:
         """The prompt for `messages` through the model's own template (sandboxed)."""
         if not self.spec.chat_template:
             raise PromptError(
@@ -176,14 +177,15 @@ class LlamaRunner:
         try:
             return render_chat_template(
                 self.spec.chat_template, messages, bos_token=self.spec.bos_token, eos_token=self.spec.eos_token,
-                timeout_s=bounds.template_timeout_s, max_output_chars=bounds.template_max_chars,
+                enable_thinking=enable_thinking, timeout_s=bounds.template_timeout_s,
+                max_output_chars=bounds.template_max_chars,
             )  # fmt: skip
         except ChatTemplateError as exc:
             raise PromptError(str(exc), param="messages", code="chat_template_error") from exc
 
     def tokenize_prompt(self, job: Job, bounds: RequestBounds | None = None) -> list[int]:
         """Prompt tokens for a chat or completion job; raise PromptError if they do not fit."""
-        text = self.render_chat(job.messages, bounds) if job.kind == "chat" else job.prompt
+        text = self.render_chat(job.messages, bounds, job.enable_thinking) if job.kind == "chat" else job.prompt
         add_bos = self.spec.add_bos and not (self.spec.bos_token and text.startswith(self.spec.bos_token))
         param = "messages" if job.kind == "chat" else "prompt"
         tokens = self.model.tokenize(utf8(text, param), add_bos=add_bos, special=True)
@@ -242,7 +244,7 @@ class LlamaRunner:
         if sampling.logit_bias:
             sampler.add_logit_bias(self.n_vocab, sampling.logit_bias)
         sampler.add_penalties(
-            self.n_vocab, PENALTY_LAST_N, sampling.repeat_penalty, sampling.frequency_penalty,
+            self.n_vocab, sampling.penalty_last_n, sampling.repeat_penalty, sampling.frequency_penalty,
             sampling.presence_penalty,
         )  # fmt: skip
         if grammar is not None:
@@ -260,6 +262,8 @@ class LlamaRunner:
         else:
             sampler.add_top_k(sampling.top_k)
             sampler.add_top_p(sampling.top_p, 1)
+            if sampling.typical_p < 1.0:
+                sampler.add_typical(sampling.typical_p, 1)
             sampler.add_min_p(sampling.min_p, 1)
             sampler.add_temp(sampling.temperature)
             sampler.add_dist(seed & 0xFFFFFFFF)  # llama.cpp takes 32 bits; any int a client sends maps into them

@@ -5,6 +5,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import llama_cpp
+
 from inference.engine.jobs import Job, JobHandle, Outcome, RequestBounds
 from inference.engine.pool import ModelPool
 from inference.engine.spec import ModelSpec
@@ -66,8 +68,10 @@ class LocalEngine:
             self.pool.release(spec.model_id)
             raise
 
-    async def load(self, spec: ModelSpec, *, keep_alive_s: float | None = -1.0) -> dict[str, Any]:
-        loaded = await asyncio.to_thread(self.pool.acquire, spec, keep_alive_s=keep_alive_s)
+    async def load(
+        self, spec: ModelSpec, *, keep_alive_s: float | None = -1.0, may_shorten: bool = True
+    ) -> dict[str, Any]:
+        loaded = await asyncio.to_thread(self.pool.acquire, spec, keep_alive_s=keep_alive_s, may_shorten=may_shorten)
         self.pool.release(spec.model_id)
         return {"model_id": spec.model_id, "load_ms": round(loaded.load_ms, 1)}
 
@@ -78,6 +82,7 @@ class LocalEngine:
         """What is loaded now, the pool's counters and budget (cheap; no llama.cpp calls)."""
         pool = self.pool
         now = time.monotonic()
+        gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
         return {
             "loaded": [
                 {
@@ -93,6 +98,9 @@ class LocalEngine:
                     "busy_slots": m.worker.running,
                     "scheduler": dict(m.worker.stats),
                     "keep_alive_s": m.keep_alive_s,
+                    # None: loaded for good; else seconds until an idle unload, were it idle from now on
+                    "expires_in_s": None if m.expires_at is None else round(max(0.0, m.expires_at - now), 1),
+                    "n_gpu_layers": m.spec.llama_kwargs["n_gpu_layers"] if gpu_offload else 0,
                 }
                 for m in pool.loaded()
             ],

@@ -99,9 +99,11 @@ class RemoteEngine:
             raise
         return handle
 
-    async def load(self, spec: ModelSpec, *, keep_alive_s: float | None = -1.0) -> dict[str, Any]:
+    async def load(
+        self, spec: ModelSpec, *, keep_alive_s: float | None = -1.0, may_shorten: bool = True
+    ) -> dict[str, Any]:
         """Load on the node routing would pick for the model."""
-        return await self._on_transport(self._load(spec, keep_alive_s))
+        return await self._on_transport(self._load(spec, keep_alive_s, may_shorten))
 
     async def unload(self, model_id: str) -> bool:
         """Unload from every live node holding it; ModelBusy if one of them is serving it."""
@@ -346,10 +348,11 @@ class RemoteEngine:
             flight.node = None
 
     # -- load and unload ----------------------------------------------------------------
-    async def _load(self, spec: ModelSpec, keep_alive_s: float | None) -> dict[str, Any]:
+    async def _load(self, spec: ModelSpec, keep_alive_s: float | None, may_shorten: bool) -> dict[str, Any]:
         await self._first_refresh.wait()
         node = self.directory.choose(spec.model_id)
-        message = {"type": wire.LOAD, "spec": wire.encode_spec(spec), "keep_alive_s": keep_alive_s}
+        message = {"type": wire.LOAD, "spec": wire.encode_spec(spec), "keep_alive_s": keep_alive_s,
+                   "may_shorten": may_shorten}  # fmt: skip
         return {**await self._ask(node, message, spec.model_id), "node": node.name}
 
     async def _unload(self, model_id: str) -> bool:

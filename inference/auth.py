@@ -5,9 +5,12 @@ AUTH_CACHE_TTL_S seconds (default 5): a revoked or expired token stops working w
 that time, and a busy client costs no query per request.
 """
 
+import ipaddress
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -16,8 +19,8 @@ from ninja.security import HttpBearer
 
 from inference.api.errors import AuthenticationFailed, PermissionDenied
 from models_app.grants import Grant
-from models_app.models.tokens import hash_secret
-from models_app.selectors import TokenRejected, authenticate
+from models_app.models.tokens import APIToken, hash_secret
+from models_app.selectors import TokenRejected, authenticate, trusted_local_token
 from models_app.services import touch_token
 
 
@@ -66,25 +69,33 @@ _cache: dict[str, tuple[float, Principal | str]] = {}
 _cache_lock = threading.Lock()
 
 
-def _lookup(secret: str) -> Principal | str:
-    try:
-        token = authenticate(secret)
-    except TokenRejected as exc:
-        return str(exc)
+def _principal(token: APIToken) -> Principal:
     touch_token(token_id=token.pk)
     grant = Grant.of_token(token)
     return Principal(token_id=token.pk, name=token.name, scopes=grant.scopes, allowed_models=grant.models,
                      budget_key=token.budget_key, **grant.limits())  # fmt: skip
 
 
-async def principal_for(secret: str) -> Principal:
-    """The Principal for a bearer secret; AuthenticationFailed (401) saying why not."""
-    key = hash_secret(secret)
+def _lookup(secret: str) -> Principal | str:
+    try:
+        return _principal(authenticate(secret))
+    except TokenRejected as exc:
+        return str(exc)
+
+
+def _lookup_trusted_local(setting: str) -> Principal | str:
+    try:
+        return _principal(trusted_local_token(setting))
+    except TokenRejected as exc:
+        return str(exc)
+
+
+async def _cached(key: str, lookup: Callable[[], Principal | str]) -> Principal:
     now = time.monotonic()
     with _cache_lock:
         cached = _cache.get(key)
     if cached is None or cached[0] <= now:
-        result = await sync_to_async(_lookup, thread_sensitive=True)(secret)
+        result = await sync_to_async(lookup, thread_sensitive=True)()
         with _cache_lock:
             if len(_cache) > 10_000:  # a flood of random secrets must not grow memory
                 _cache.clear()
@@ -96,17 +107,99 @@ async def principal_for(secret: str) -> Principal:
     return result
 
 
+async def principal_for(secret: str) -> Principal:
+    """The Principal for a bearer secret; AuthenticationFailed (401) saying why not."""
+    return await _cached(hash_secret(secret), lambda: _lookup(secret))
+
+
+# Headers a proxy, a CDN or a browser adds: a request bearing one came from elsewhere, or from a web page.
+_PROXY_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip", "via", "x-forwarded-host", "x-forwarded-proto",
+                  "cf-connecting-ip", "true-client-ip")  # fmt: skip
+_BROWSER_HEADERS = ("sec-fetch-site", "sec-fetch-mode")
+
+
+def _names_server_by_address(host: str) -> bool:
+    """Whether a Host header is `localhost` or an IP literal (a DNS name could be rebound to this machine)."""
+    name = host.split("]")[0].lstrip("[") if host.startswith("[") else host.rsplit(":", 1)[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def trusted_local_refusal(headers: Mapping[str, str], address: str | None) -> str | None:
+    """Why a request without a token is not a trusted local one, or None if it is.
+
+    Trusted: TRUSTED_LOCAL_TOKEN is set, the peer address is in TRUSTED_LOCAL_ADDRESSES,
+    and nothing says the request came from elsewhere: a reverse proxy on this machine
+    makes every client look local (so a forwarding header disqualifies the request),
+    a page in a browser on this machine can reach loopback too (so an Origin or a
+    browser's fetch headers disqualify it: a web app uses a token), and
+    a page can rebind its own DNS name to 127.0.0.1 (so the Host must be `localhost`
+    or an address). A proxy or tunnel that adds no header at all cannot be told apart:
+    the README says not to combine one with this setting.
+    """
+    if not settings.TRUSTED_LOCAL_TOKEN:
+        return "trusted local clients are off"
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if forwarded := [h for h in _PROXY_HEADERS if h in lowered]:
+        return f"it came through a proxy ({forwarded[0]} header)"
+    if browser := [h for h in _BROWSER_HEADERS if h in lowered]:
+        return f"it came from a web browser ({browser[0]} header)"
+    if not _names_server_by_address(lowered.get("host", "")):
+        return f"it names the server as {lowered.get('host', '')[:100]!r}, not localhost or an address"
+    try:
+        ip = ipaddress.ip_address((address or "").split("%")[0])
+    except ValueError:
+        return "the peer address is unknown"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if not any(ip in network for network in settings.TRUSTED_LOCAL_ADDRESSES):
+        return f"{ip} is not in TRUSTED_LOCAL_ADDRESSES"
+    if "origin" in lowered:
+        return f"it came from a web page ({lowered['origin'][:100]})"
+    return None
+
+
+async def request_principal(secret: str | None, headers: Mapping[str, str], address: str | None) -> Principal:
+    """Who is calling: the bearer secret's token, else the trusted local token; AuthenticationFailed if neither."""
+    if secret:
+        return await principal_for(secret)
+    refusal = trusted_local_refusal(headers, address)
+    if refusal is not None:
+        raise AuthenticationFailed(
+            "Missing bearer token: send 'Authorization: Bearer khk_...'"
+            + ("." if refusal == "trusted local clients are off" else f" (not a trusted local client: {refusal})."),
+            code="missing_token",
+        )
+    setting = settings.TRUSTED_LOCAL_TOKEN
+    return await _cached("trusted-local:" + setting, lambda: _lookup_trusted_local(setting))
+
+
 def clear_auth_cache() -> None:
     with _cache_lock:
         _cache.clear()
 
 
 class BearerAuth(HttpBearer):
-    """ninja auth: `Authorization: Bearer khk_...` with a required scope."""
+    """ninja auth: `Authorization: Bearer khk_...` with a required scope (or a trusted local client, no header)."""
 
     def __init__(self, scope: str) -> None:
         super().__init__()
         self.scope = scope
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if request.headers.get(self.header):
+            return super().__call__(request)
+        return self._trusted_local(request)
+
+    async def _trusted_local(self, request: HttpRequest) -> Principal:
+        principal = await request_principal(None, request.headers, request.META.get("REMOTE_ADDR"))
+        principal.require_scope(self.scope)
+        return principal
 
     async def authenticate(self, request: HttpRequest, token: str) -> Principal:
         principal = await principal_for(token)

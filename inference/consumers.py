@@ -23,7 +23,7 @@ from inference.api.errors import (
     describe_validation_error,
 )
 from inference.api.ws_schemas import PROTOCOL, CancelFrame, GenerateFrame
-from inference.auth import Principal, principal_for
+from inference.auth import Principal, request_principal
 from inference.engine import JobHandle, Outcome
 from inference.metering import counters
 
@@ -56,14 +56,9 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         self._position_sends: set[asyncio.Future] = set()  # `queued` frames on their way (strong references)
         offered = self.scope.get("subprotocols", [])
         await self.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
-        secret = _bearer(self.scope)
+        self.secret = _bearer(self.scope)
         try:
-            if secret is None:
-                raise AuthenticationFailed(
-                    "Missing bearer token (Authorization header or 'bearer.<token>' subprotocol)."
-                )
-            self.principal = await principal_for(secret)
-            self.secret = secret
+            self.principal = await self._authenticate()
         except APIError as exc:
             # Accept, then close at once: a close before accept would reach the client as a
             # bare HTTP 403, and the client could not tell a bad token from a bad origin.
@@ -125,7 +120,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         generation gets the check an HTTP request gets (scopes and models come fresh too).
         """
         try:
-            self.principal = await principal_for(self.secret)
+            self.principal = await self._authenticate()
         except AuthenticationFailed as exc:
             self.principal = None  # later frames are ignored until the close lands
             await self._error(frame_id, exc)
@@ -133,6 +128,14 @@ class GenerateConsumer(AsyncWebsocketConsumer):
             await self.disconnect(CLOSE_UNAUTHENTICATED)  # what still runs on the socket stops with it
             return False
         return True
+
+    async def _authenticate(self) -> Principal:
+        """The socket's token, or the trusted local token for a socket without one (AuthenticationFailed if neither)."""
+        headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in self.scope.get("headers", [])}
+        if self.secret is None and "authorization" in headers:  # as on HTTP: a header that is not a bearer token
+            raise AuthenticationFailed("The Authorization header must be 'Bearer khk_...'.", code="invalid_api_key")
+        client = (self.scope.get("client") or [None])[0]
+        return await request_principal(self.secret, headers, client)
 
     def _forget(self, frame_id: str) -> None:
         self.jobs.pop(frame_id, None)

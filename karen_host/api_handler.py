@@ -62,9 +62,12 @@ class APIHandler(ASGIHandler):
 
 
 def full_stack_prefixes() -> tuple[str, ...]:
-    """Paths that need sessions, CSRF and logins (admin, management API) or static files."""
+    """Paths that need sessions, CSRF and logins (admin, management API) or static files.
+
+    The management API's paths under /api/ (models_app/api/urls.py); the rest of /api/ is Ollama's.
+    """
     static = "/" + settings.STATIC_URL.lstrip("/")
-    return ("/admin/", "/api/", static)
+    return ("/admin/", "/api/v1/", "/api/schema/", "/api/docs/", "/api/auth/", static)
 
 
 def split_by_path(api: ASGIApp, full: ASGIApp) -> ASGIApp:

@@ -1,5 +1,6 @@
 """karen-host settings: every value comes from the environment (see .env.example)."""
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -167,6 +168,15 @@ PROMPT_CACHE_MB = env.float("PROMPT_CACHE_MB", default=1024.0)
 USAGE_STALE_AFTER_S = env.float("USAGE_STALE_AFTER_S", default=6 * 3600)  # a started row older is from a crash
 MAX_TOKENS_LIMIT = env.int("MAX_TOKENS_LIMIT", default=8192)  # hard cap on any request's max_tokens
 AUTH_CACHE_TTL_S = env.float("AUTH_CACHE_TTL_S", default=5.0)  # revocation takes effect within this
+# Trusted local clients (README, "Using Ollama clients"): requests with no Authorization header
+# from these addresses act as this token (named by the prefix the admin lists, e.g. khk_Ab12Cd34).
+# Unset: off; every request needs a bearer token.
+TRUSTED_LOCAL_TOKEN = env.str("TRUSTED_LOCAL_TOKEN", default="").strip()
+TRUSTED_LOCAL_ADDRESSES = tuple(
+    ipaddress.ip_network(a.strip(), strict=False)
+    for a in env.list("TRUSTED_LOCAL_ADDRESSES", default=["127.0.0.0/8", "::1/128"])
+    if a.strip()
+)
 WS_MAX_BACKLOG = env.int("WS_MAX_BACKLOG", default=2000)  # undelivered events before a slow reader is cut off
 # Token limits (README, "Limits") are kept in Redis when REDIS_URL is set. A web node that dies
 # mid-request cannot release its requests in flight; Redis stops counting them after this.

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from inference.api.apis import native_api, v1_api
+from inference.api.apis import native_api, ollama_api, v1_api
 
 admin.site.site_header = "karen-host"
 admin.site.site_title = "karen-host admin"
@@ -9,6 +9,7 @@ admin.site.site_title = "karen-host admin"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", v1_api.urls),
-    path("api/", include("models_app.api.urls")),
+    path("api/", include("models_app.api.urls")),  # the management API: /api/v1/, /api/schema/, /api/docs/
+    path("api/", ollama_api.urls),  # Ollama's paths: /api/chat, /api/tags, ...
     path("", native_api.urls),
 ]

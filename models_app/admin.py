@@ -3,7 +3,9 @@
 from celery import Task
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
@@ -13,10 +15,12 @@ from models_app import admin_tokens  # noqa: F401 (registers the token and usage
 from models_app.models import (
     InferenceNode,
     LLMModel,
+    ModelAlias,
     ModelConfig,
     ModelPlacement,
     SelfTestResult,
 )
+from models_app.selectors import ollama_name
 from models_app.tasks import BrokerUnavailable, enqueue
 from models_app.tasks import preload_models as preload_models_task
 from models_app.tasks import rescan_model as rescan_model_task
@@ -46,6 +50,28 @@ class ModelConfigInline(admin.StackedInline):
     )
 
 
+class ModelAliasFormSet(BaseInlineFormSet):
+    """Checks across the rows of one save, which each row's own validation cannot see."""
+
+    def clean(self) -> None:
+        super().clean()
+        rows = [f.cleaned_data for f in self.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
+        names = [row["name"].lower() for row in rows if row.get("name")]
+        if len(names) != len(set(names)):
+            raise ValidationError("Two aliases differ only in case; an alias names one model, ignoring case.")
+        if sum(1 for row in rows if row.get("ollama")) > 1:
+            raise ValidationError("Tick 'Ollama name' on one alias only: it is the name /api/tags shows.")
+
+
+class ModelAliasInline(admin.TabularInline):
+    model = ModelAlias
+    formset = ModelAliasFormSet
+    fields = ("name", "ollama", "created_at")
+    readonly_fields = ("created_at",)
+    extra = 1
+    verbose_name_plural = "aliases (other names clients may send as `model`; one is its Ollama name)"
+
+
 class SelfTestResultInline(admin.TabularInline):
     model = SelfTestResult
     verbose_name_plural = f"self-test history (latest {SELF_TEST_HISTORY})"
@@ -71,10 +97,10 @@ def _apply_changed_preset(config: ModelConfig, changed: list[str]) -> None:
 
 @admin.register(LLMModel)
 class LLMModelAdmin(admin.ModelAdmin):
-    list_display = ("id", "name", "status", "enabled", "preload", "architecture", "parameters", "quantization",
-                    "context_length", "size", "load_failures", "updated_at")  # fmt: skip
+    list_display = ("id", "name", "ollama_name", "status", "enabled", "preload", "architecture", "parameters",
+                    "quantization", "context_length", "size", "load_failures", "updated_at")  # fmt: skip
     list_filter = ("status", "enabled", "preload", "architecture", "quantization")
-    search_fields = ("id", "name", "file_path", "sha256")
+    search_fields = ("id", "name", "file_path", "sha256", "aliases__name")
     readonly_fields = ("id", "file_path", "source_path", "file_size", "file_mtime", "sha256", "architecture",
                        "parameter_count", "quantization", "context_length", "embedding_length", "block_count",
                        "tokenizer_model", "chat_template", "gguf_metadata", "status", "status_reason",
@@ -102,11 +128,18 @@ class LLMModelAdmin(admin.ModelAdmin):
         ),
         ("Timestamps", {"fields": ("created_at", "updated_at")}),
     )
-    inlines = (ModelConfigInline, SelfTestResultInline)
+    inlines = (ModelConfigInline, ModelAliasInline, SelfTestResultInline)
     actions = ("enable", "disable", "queue_scan", "rescan", "queue_preload", "queue_self_test")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # models come from scanning MODELS_DIR, never from a typed path
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[LLMModel]:
+        return super().get_queryset(request).prefetch_related("aliases")
+
+    @admin.display(description="Ollama name")
+    def ollama_name(self, obj: LLMModel) -> str:
+        return ollama_name(obj)
 
     @admin.display(description="params", ordering="parameter_count")
     def parameters(self, obj: LLMModel) -> str:

@@ -6,6 +6,7 @@ Tokens are minted through `issue_token`, within the staff user's own grant (mode
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
@@ -15,7 +16,7 @@ from django.utils import timezone
 from models_app.choices import Lane, Scope
 from models_app.grants import LIMIT_FIELDS, Grant, GrantRefused
 from models_app.models import APIToken, UsageRecord
-from models_app.selectors import token_usage_now
+from models_app.selectors import token_usage_now, trusted_local_state
 from models_app.services import issue_token, revoke_token
 
 
@@ -59,8 +60,8 @@ class APITokenAdmin(admin.ModelAdmin):
     """Staff other than superusers mint tokens only for themselves and never grant `admin` (models_app.grants)."""
 
     form = APITokenForm
-    list_display = ("name", "prefix", "owner", "scope_list", "lane", "revoked", "expires_at", "last_used_at",
-                    "created_at")  # fmt: skip
+    list_display = ("name", "prefix", "owner", "scope_list", "lane", "trusted_local", "revoked", "expires_at",
+                    "last_used_at", "created_at")  # fmt: skip
     list_filter = ("revoked", "lane", "owner")
     search_fields = ("name", "prefix", "owner__username")
     readonly_fields = ("prefix", "last_used_at", "revoked", "revoked_at", "created_at", "requests_last_minute",
@@ -74,6 +75,18 @@ class APITokenAdmin(admin.ModelAdmin):
     filter_horizontal = ("allowed_models",)
     list_select_related = ("owner",)
     actions = ("revoke",)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> Any:
+        state = trusted_local_state()
+        level = messages.WARNING if "refused" in state else messages.INFO
+        messages.add_message(request, level, state)
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="trusted local", boolean=True)
+    def trusted_local(self, obj: APIToken) -> bool:
+        """Whether TRUSTED_LOCAL_TOKEN names this token (header-less local requests act as it)."""
+        setting = settings.TRUSTED_LOCAL_TOKEN
+        return bool(setting) and (obj.prefix == setting or (len(setting) > len(obj.prefix) and obj.matches(setting)))
 
     def get_form(self, request: HttpRequest, obj: APIToken | None = None, **kwargs: Any) -> type[forms.ModelForm]:
         form = super().get_form(request, obj, **kwargs)

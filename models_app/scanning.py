@@ -17,6 +17,7 @@ from models_app.choices import ModelStatus
 from models_app.gguf_files import file_sha256
 from models_app.models import LLMModel, ModelConfig
 from models_app.probe import probe_model_file
+from models_app.services import assign_ollama_name, name_is_taken
 
 # Progress callback: (file name, total bytes) -> a callable told each chunk's size.
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -96,7 +97,7 @@ def _walk(root: Path, report: ScanReport) -> Iterator[_Found]:
 def _unique_slug(path: Path) -> str:
     base = slugify(path.stem.replace(".", "-"))[:100] or "model"
     slug, n = base, 2
-    while LLMModel.objects.filter(pk=slug).exists():
+    while name_is_taken(slug):
         slug, n = f"{base}-{n}", n + 1
     return slug
 
@@ -163,6 +164,7 @@ def scan_models(directory: Path | None = None, *, progress: ProgressFactory | No
             if is_new:
                 trained = model.context_length or 4096
                 ModelConfig.objects.create(model=model, n_ctx=min(4096, max(256, trained)))
+                assign_ollama_name(model=model)
         (report.added if is_new else report.updated).append(model.id)
         if model.status == ModelStatus.INVALID:
             report.invalid.append(model.id)

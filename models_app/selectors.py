@@ -4,13 +4,14 @@ from collections.abc import Collection
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Avg, Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from models_app.choices import ModelStatus, UsageStatus
-from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
+from models_app.models import APIToken, LLMModel, ModelAlias, ModelConfig, SelfTestResult, UsageRecord
 from models_app.models.tokens import LOOKUP_LENGTH, TOKEN_PREFIX
 
 
@@ -40,6 +41,38 @@ def authenticate(secret: str) -> APIToken:
     token = find_token(secret)
     if token is None:
         raise TokenRejected("Invalid API token.")
+    return _active(token)
+
+
+def trusted_local_token(setting: str) -> APIToken:
+    """The active token TRUSTED_LOCAL_TOKEN names, by its prefix or its whole secret; TokenRejected saying why not."""
+    if len(setting) > LOOKUP_LENGTH:
+        return authenticate(setting)
+    prefix = setting
+    tokens = list(APIToken.objects.filter(prefix=prefix).select_related("owner").prefetch_related("allowed_models")[:2])
+    if len(tokens) != 1:
+        found = "no token has" if not tokens else "more than one token has"
+        raise TokenRejected(f"TRUSTED_LOCAL_TOKEN is {prefix!r}, but {found} that prefix; fix the setting.")
+    return _active(tokens[0])
+
+
+def trusted_local_state() -> str:
+    """One sentence on TRUSTED_LOCAL_TOKEN: off, on (for which token and addresses), or misconfigured and why."""
+    setting = settings.TRUSTED_LOCAL_TOKEN
+    if not setting:
+        return "Trusted local clients: off (every request needs a bearer token; see TRUSTED_LOCAL_TOKEN)."
+    addresses = ", ".join(str(n) for n in settings.TRUSTED_LOCAL_ADDRESSES) or "no address"
+    try:
+        token = trusted_local_token(setting)
+    except TokenRejected as exc:
+        return f"Trusted local clients: on, but refused: {exc}"
+    return (
+        f"Trusted local clients: on. Requests without an Authorization header from {addresses} act as the token "
+        f"'{token.name}' ({token.prefix}…): its scopes, models, limits and usage."
+    )
+
+
+def _active(token: APIToken) -> APIToken:
     if token.revoked:
         raise TokenRejected("This API token has been revoked.")
     if token.is_expired:
@@ -63,11 +96,47 @@ def token_usage_now(*, token_id: int) -> dict[str, int]:
     return {"requests": totals["requests"], "tokens": totals["tokens"], "in_flight": totals["in_flight"]}
 
 
+def _candidate_names(name: str) -> list[str]:
+    """`name`, and the same name with or without Ollama's default tag (`smollm2` and `smollm2:latest`)."""
+    if name.endswith(":latest"):
+        return [name, name.removesuffix(":latest")]
+    return [name] if ":" in name else [name, f"{name}:latest"]
+
+
+def find_model(name: str) -> LLMModel | None:
+    """The model whose id or alias is `name` (ignoring case), servable or not; None if no model has that name.
+
+    An id matching exactly wins over one matching only ignoring case (ids `Foo` and `foo` may both exist).
+    """
+    models = LLMModel.objects.select_related("config")
+    for candidate in _candidate_names(name):
+        model = models.filter(pk=candidate).first() or _only(models.filter(pk__iexact=candidate)[:2])
+        if model is not None:
+            return model
+        alias = ModelAlias.objects.select_related("model__config").filter(name__iexact=candidate).first()
+        if alias is not None:
+            return alias.model
+    return None
+
+
+class UnknownModel(LookupError):
+    """No model has that id or alias."""
+
+
+def _only(rows: Any) -> LLMModel | None:
+    rows = list(rows)
+    return rows[0] if len(rows) == 1 else None
+
+
 def resolve_model(model_id: str) -> LLMModel:
-    """The servable model named `model_id`; LookupError saying why not (unknown, disabled, unavailable)."""
-    model = LLMModel.objects.select_related("config").filter(pk=model_id).first()
+    """The servable model named `model_id` (its id or an alias); LookupError saying why not.
+
+    Unknown, disabled and unavailable models are refused with a sentence saying which.
+    """
+    model = find_model(model_id)
     if model is None:
-        raise LookupError(f"The model '{model_id}' does not exist; GET /v1/models lists the available ones.")
+        raise UnknownModel(f"The model '{model_id}' does not exist; GET /v1/models lists the available ones.")
+    model_id = model.id
     if not model.enabled:
         raise LookupError(f"The model '{model_id}' is disabled; GET /v1/models lists the available ones.")
     if model.status != ModelStatus.AVAILABLE:
@@ -77,8 +146,14 @@ def resolve_model(model_id: str) -> LLMModel:
 
 
 def servable_models() -> list[LLMModel]:
-    """Enabled, available models, in id order."""
-    return list(LLMModel.objects.filter(enabled=True, status=ModelStatus.AVAILABLE).order_by("pk"))
+    """Enabled, available models, in id order, each with its aliases prefetched (Ollama name first)."""
+    models = LLMModel.objects.filter(enabled=True, status=ModelStatus.AVAILABLE).order_by("pk")
+    return list(models.prefetch_related("aliases"))
+
+
+def ollama_name(model: LLMModel) -> str:
+    """The name Ollama clients see for `model`: its Ollama alias, else its id (aliases prefetched or not)."""
+    return next((a.name for a in model.aliases.all() if a.ollama), model.id)
 
 
 # -- Reads the management REST API (models_app/api) makes ----------------------------

@@ -6,11 +6,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from models_app.choices import Lane, ModelStatus, Scope, UsageStatus
-from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
+from models_app.models import APIToken, LLMModel, ModelAlias, ModelConfig, SelfTestResult, UsageRecord
+from models_app.models.aliases import default_ollama_name
 from models_app.selectors import find_token
 from models_app.server_api import MissingServiceToken, read_service_token, write_service_token
 
@@ -191,6 +192,29 @@ def touch_token(*, token_id: int, every_s: int = 60) -> None:
 # -- Writes the management REST API (models_app/api) makes ---------------------------
 
 MODEL_EDITABLE_FIELDS = frozenset({"name", "enabled", "preload"})
+
+
+def name_is_taken(name: str) -> bool:
+    """Whether `name` is already a model's id or an alias (ignoring case)."""
+    return LLMModel.objects.filter(pk__iexact=name).exists() or ModelAlias.objects.filter(name__iexact=name).exists()
+
+
+def assign_ollama_name(*, model: LLMModel) -> ModelAlias | None:
+    """Give `model` its default Ollama name from its GGUF metadata, unless it has one; None if it had.
+
+    A name another model holds gets a numeric suffix (`smollm2:135m-instruct-q4_1-2`).
+    """
+    if model.aliases.filter(ollama=True).exists():
+        return None
+    for _ in range(100):
+        name = default_ollama_name(model, name_is_taken)
+        try:
+            with transaction.atomic():  # a savepoint: an admin may take the name between the check and here
+                return ModelAlias.objects.create(name=name, model=model, ollama=True)
+        except IntegrityError:
+            if model.aliases.filter(ollama=True).exists():
+                return None
+    raise IntegrityError(f"no free Ollama name for {model.id} after 100 tries")
 
 
 def update_model(*, model: LLMModel, changes: Mapping[str, Any]) -> LLMModel:

@@ -10,7 +10,7 @@ from models_app.bundled import bundled_model_path
 from models_app.gguf_files import read_metadata
 from models_app.models import LLMModel, ModelConfig
 from models_app.scanning import apply_metadata
-from models_app.services import issue_token
+from models_app.services import assign_ollama_name, issue_token
 
 
 def wait_for(predicate, timeout: float = 60.0) -> bool:
@@ -62,12 +62,13 @@ def gguf_copy(bundled_gguf, tmp_path) -> Path:
 
 @pytest.fixture
 def small_model(db, bundled_gguf, bundled_metadata) -> LLMModel:
-    """The bundled SmolLM2 registered as `smollm2`, with its real metadata (no scan)."""
+    """The bundled SmolLM2 registered as `smollm2`, with its real metadata and its Ollama name (no scan)."""
     stat = bundled_gguf.stat()
     model = LLMModel(id="smollm2", name="SmolLM2 135M", file_path=str(bundled_gguf), file_size=stat.st_size)
     apply_metadata(model, bundled_metadata)
     model.save()
     ModelConfig.objects.create(model=model, n_ctx=2048)
+    assign_ollama_name(model=model)  # smollm2:135m-instruct-q4_1, as a scan gives it
     return model
 
 

@@ -1,9 +1,9 @@
-"""The two NinjaAPI instances: OpenAI-compatible /v1 and the native endpoints at /."""
+"""The NinjaAPI instances: OpenAI-compatible /v1, Ollama-compatible /api, and the native endpoints at /."""
 
 from ninja import NinjaAPI
 
-from inference.api import native, openai
-from inference.api.errors import install_error_handlers
+from inference.api import native, ollama, ollama_models, openai
+from inference.api.errors import install_error_handlers, ollama_error_response
 
 v1_api = NinjaAPI(
     title="karen-host OpenAI-compatible API",
@@ -18,3 +18,16 @@ install_error_handlers(v1_api)
 native_api = NinjaAPI(title="karen-host native API", version="1", urls_namespace="native", docs_url="/native/docs")
 native_api.add_router("/", native.router)
 install_error_handlers(native_api)
+
+ollama_api = NinjaAPI(
+    title="karen-host Ollama-compatible API",
+    version="1",
+    urls_namespace="ollama",
+    docs_url="/ollama/docs",
+    openapi_url="/ollama/openapi.json",
+    description="Ollama's /api paths. Authenticate with `Authorization: Bearer khk_...`, "
+    "or from a trusted local address without a header when TRUSTED_LOCAL_TOKEN is set.",
+)
+ollama_api.add_router("/", ollama.router)
+ollama_api.add_router("/", ollama_models.router)
+install_error_handlers(ollama_api, ollama_error_response)

@@ -82,7 +82,20 @@ def error_body(message: str, error_type: str, param: str | None = None, code: st
 
 
 def error_response(exc: APIError) -> JsonResponse:
-    response = JsonResponse(error_body(str(exc), exc.error_type, exc.param, exc.code), status=exc.status)
+    return _with_headers(
+        JsonResponse(error_body(str(exc), exc.error_type, exc.param, exc.code), status=exc.status), exc
+    )
+
+
+def ollama_error_response(exc: APIError) -> JsonResponse:
+    """Ollama's error shape, `{"error": "message"}`, with the same status and headers."""
+    return _with_headers(JsonResponse({"error": str(exc)}, status=exc.status), exc)
+
+
+Render = Callable[[APIError], JsonResponse]
+
+
+def _with_headers(response: JsonResponse, exc: APIError) -> JsonResponse:
     if exc.retry_after is not None:
         response["Retry-After"] = str(exc.retry_after)
     if exc.request_id:
@@ -136,37 +149,37 @@ def route_of(request: HttpRequest) -> str:
     return f"/{match.route}" if match is not None else "unmatched"
 
 
-def refuse(request: HttpRequest, error: APIError) -> JsonResponse:
+def refuse(request: HttpRequest, error: APIError, render: Render = error_response) -> JsonResponse:
     """Render `error`, counting it as a refusal unless the request was admitted (then it is a finished one)."""
     if not error.admitted:
         counters.count_rejected(route_of(request), error.status)
-    return error_response(error)
+    return render(error)
 
 
-def install_error_handlers(api: NinjaAPI) -> None:
-    """Make every failure on `api` an OpenAI-shaped error; never a bare 500 for bad input."""
+def install_error_handlers(api: NinjaAPI, render: Render = error_response) -> None:
+    """Make every failure on `api` an error in `render`'s shape (OpenAI's by default); never a 500 for bad input."""
 
     @api.exception_handler(NinjaValidationError)
     def _validation(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
         message, param = describe_validation_error(list(exc.errors))
-        return refuse(request, InvalidRequest(message, param=param, code="invalid_value"))
+        return refuse(request, InvalidRequest(message, param=param, code="invalid_value"), render)
 
     @api.exception_handler(NinjaAuthenticationError)
     def _unauthenticated(request: HttpRequest, exc: NinjaAuthenticationError) -> HttpResponse:
         message = "Missing bearer token: send 'Authorization: Bearer khk_...'."
-        return refuse(request, AuthenticationFailed(message, code="missing_token"))
+        return refuse(request, AuthenticationFailed(message, code="missing_token"), render)
 
     @api.exception_handler(HttpError)
     def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         if exc.status_code == 400 and "parse request body" in exc.message:
-            return refuse(request, InvalidRequest("Request body is not valid JSON.", code="invalid_json"))
+            return refuse(request, InvalidRequest("Request body is not valid JSON.", code="invalid_json"), render)
         error = APIError(exc.message)
         error.status = exc.status_code
-        return refuse(request, error)
+        return refuse(request, error, render)
 
     @api.exception_handler(Exception)
     def _any(request: HttpRequest, exc: Exception) -> HttpResponse:
-        return refuse(request, as_api_error(exc))
+        return refuse(request, as_api_error(exc), render)
 
 
 class ErrorShapeMiddleware:
@@ -204,7 +217,8 @@ class ErrorShapeMiddleware:
             )
         else:
             error = NotFound(f"Nothing is served at {request.path}; see /v1/docs and /docs.", code="not_found")
-        shaped = refuse(request, error)
+        # Ollama's paths (/api/...) answer in Ollama's shape; the admin's /api/v1 never comes through here.
+        shaped = refuse(request, error, ollama_error_response if request.path.startswith("/api/") else error_response)
         if response.has_header("Allow"):
             shaped["Allow"] = response["Allow"]
         return shaped

@@ -53,6 +53,17 @@ async def resolve_spec(principal: Principal, model_id: str) -> ModelSpec:
     return spec
 
 
+def engine_status_for(principal: Principal) -> dict[str, Any]:
+    """The engine's status with only the models the token may use (loaded list and per-model load times)."""
+    status = get_engine().status()
+    if not principal.allowed_models:
+        return status
+    stats = dict(status["stats"])
+    if "load_ms" in stats:
+        stats["load_ms"] = {k: v for k, v in stats["load_ms"].items() if principal.may_use(k)}
+    return {**status, "loaded": [m for m in status["loaded"] if principal.may_use(m["id"])], "stats": stats}
+
+
 def build_sampling(
     params: SamplingParams, spec: ModelSpec, *, max_tokens: int | None = None, json_schema: dict | None = None
 ) -> Sampling:
@@ -168,7 +179,21 @@ def sse_response(chunks: AsyncIterator[dict[str, Any]], request_id: str) -> Stre
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
         yield "data: [DONE]\n\n"
 
-    response = StreamingHttpResponse(frames(), content_type="text/event-stream; charset=utf-8")
+    return _stream(frames(), "text/event-stream; charset=utf-8", request_id)
+
+
+def ndjson_response(chunks: AsyncIterator[dict[str, Any]], request_id: str) -> StreamingHttpResponse:
+    """Ollama-style NDJSON: one JSON object per line, the last one with `done: true` (or an `error`)."""
+
+    async def lines() -> AsyncIterator[str]:
+        async for chunk in chunks:
+            yield json.dumps(chunk, ensure_ascii=False) + "\n"
+
+    return _stream(lines(), "application/x-ndjson", request_id)
+
+
+def _stream(body: AsyncIterator[str], content_type: str, request_id: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(body, content_type=content_type)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     response[REQUEST_ID_HEADER] = request_id

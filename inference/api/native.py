@@ -38,6 +38,7 @@ def _model_entry(model: Any) -> dict[str, Any]:
         "quantization": model.quantization,
         "context_length": model.context_length,
         "modified": model.file_mtime.timestamp() if model.file_mtime else None,
+        "aliases": [a.name for a in model.aliases.all()],
     }
 
 
@@ -66,7 +67,7 @@ async def models(request: HttpRequest) -> dict[str, Any]:
     """Servable models, the loaded ones and the current (most recently used) one, of those the token may use."""
     principal = request.auth
     available = [_model_entry(m) for m in await sync_to_async(servable_models)() if principal.may_use(m.id)]
-    loaded = _engine_status(principal)["loaded"]
+    loaded = flow.engine_status_for(principal)["loaded"]
     return {"available": available, "loaded": loaded, "current": loaded[0] if loaded else None}
 
 
@@ -92,20 +93,9 @@ async def unload_model(request: HttpRequest, model_id: str) -> dict[str, Any]:
     return {"status": "success" if unloaded else "not_loaded", "model_id": model_id}
 
 
-def _engine_status(principal: Principal) -> dict[str, Any]:
-    """The engine's status with only the models the token may use (loaded list and per-model load times)."""
-    status = get_engine().status()
-    if not principal.allowed_models:
-        return status
-    stats = dict(status["stats"])
-    if "load_ms" in stats:
-        stats["load_ms"] = {k: v for k, v in stats["load_ms"].items() if principal.may_use(k)}
-    return {**status, "loaded": [m for m in status["loaded"] if principal.may_use(m["id"])], "stats": stats}
-
-
 async def _default_model_id(principal: Principal) -> str:
     """The most recently used loaded model the token may use, else the first servable one."""
-    loaded = _engine_status(principal)["loaded"]
+    loaded = flow.engine_status_for(principal)["loaded"]
     if loaded:
         return loaded[0]["id"]
     models = [m for m in await sync_to_async(servable_models)() if principal.may_use(m.id)]
@@ -171,7 +161,7 @@ def performance(request: HttpRequest) -> dict[str, Any]:
         memory = process.memory_info()
         cpu = process.cpu_percent(interval=None)
     return {
-        "engine": _engine_status(request.auth),
+        "engine": flow.engine_status_for(request.auth),
         "requests": counters.snapshot(),
         "process": {"rss_mb": round(memory.rss / 2**20, 1), "cpu_percent": cpu, "threads": process.num_threads()},
         "system": {"memory_percent": psutil.virtual_memory().percent, "cpu_count": os.cpu_count()},

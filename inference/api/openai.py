@@ -28,12 +28,13 @@ def _json(body: dict[str, Any], request_id: str) -> JsonResponse:
 
 @router.get("/models", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
 async def list_models(request: HttpRequest) -> dict[str, Any]:
-    """The models this token may use."""
+    """The models this token may use, each once, with the other names it answers to in `aliases`."""
     principal = request.auth
     loaded = {m["id"] for m in flow.get_engine().status()["loaded"]}
-    models = await sync_to_async(servable_models)()
-    data = [
-        {
+    models = [m for m in await sync_to_async(servable_models)() if principal.may_use(m.id)]
+    data = []
+    for m in models:
+        entry = {
             "id": m.id,
             "object": "model",
             "created": int(m.created_at.timestamp()),
@@ -43,9 +44,7 @@ async def list_models(request: HttpRequest) -> dict[str, Any]:
             "context_length": m.context_length,
             "quantization": m.quantization,
         }
-        for m in models
-        if not principal.allowed_models or m.id in principal.allowed_models
-    ]
+        data.append({**entry, "aliases": [a.name for a in m.aliases.all()]})  # the Ollama name first
     return {"object": "list", "data": data}
 
 

@@ -1,3 +1,4 @@
+from models_app.models.aliases import ModelAlias
 from models_app.models.nodes import InferenceNode, ModelPlacement
 from models_app.models.registry import LLMModel, ModelConfig
 from models_app.models.self_tests import SelfTestResult
@@ -8,6 +9,7 @@ __all__ = [
     "APIToken",
     "InferenceNode",
     "LLMModel",
+    "ModelAlias",
     "ModelConfig",
     "ModelPlacement",
     "SelfTestResult",

@@ -5,7 +5,7 @@ from django.db import models
 
 from models_app.choices import KVCacheType, ModelStatus, OptimizeFor, RopeScaling
 
-__all__ = ["PRESETS", "LLMModel", "ModelConfig"]
+__all__ = ["PRESETS", "LLMModel", "ModelConfig", "parameters_label"]
 
 
 class LLMModel(models.Model):
@@ -57,12 +57,16 @@ class LLMModel(models.Model):
     @property
     def parameters_label(self) -> str:
         """Parameter count the way people say it: 135M, 7.2B."""
-        n = self.parameter_count
-        if not n:
-            return ""
-        if n >= 1_000_000_000:
-            return f"{n / 1e9:.1f}B"
-        return f"{n / 1e6:.0f}M"
+        return parameters_label(self.parameter_count)
+
+
+def parameters_label(n: int | None) -> str:
+    """A parameter count the way people say it: 135M, 7.2B ("" if unknown)."""
+    if not n:
+        return ""
+    if n >= 1_000_000_000:
+        return f"{n / 1e9:.1f}B"
+    return f"{n / 1e6:.0f}M"
 
 
 # What each `optimize_for` preset sets. Choosing a preset writes these values into the

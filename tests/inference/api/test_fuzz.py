@@ -1,11 +1,12 @@
-"""No request can hurt the server: /v1 and the native API fuzzed from their own OpenAPI schemas.
+"""No request can hurt the server: /v1, Ollama's /api and the native API fuzzed from their own OpenAPI schemas.
 
-Schemathesis turns each operation of /v1/openapi.json and /openapi.json into requests, schema-valid
-and schema-breaking ones (its positive and negative modes, through its examples, coverage and
-fuzzing phases), and sends them with a real token to the whole ASGI app on a live port, which
-serves the real bundled model. A request may be refused, but never with a 5xx; every 4xx is the
-one error shape; a streamed 200 carries no error frame; and after each operation's run a plain
-chat completion still answers 200 (the `target` fixture's teardown).
+Schemathesis turns each operation of /v1/openapi.json, /api/ollama/openapi.json and /openapi.json
+into requests, schema-valid and schema-breaking ones (its positive and negative modes, through its
+examples, coverage and fuzzing phases), and sends them with a real token to the whole ASGI app on
+a live port, which serves the real bundled model. A request may be refused, but never with a 5xx
+(the model-store operations /api does not offer answer 501 by design); every 4xx is the one error
+shape (Ollama's `{"error": "..."}` on /api); a streamed 200 carries no error frame or line; and
+after each operation's run a plain chat completion still answers 200 (the `target` fixture's teardown).
 
 Bounded and the same every time: Hypothesis is derandomized, keeps no example database, has no
 deadline and does not shrink (a failure shows the request as generated, and the server's
@@ -47,7 +48,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.internal.conjecture import providers
 from schemathesis import GenerationMode
 
-from inference.api.apis import native_api, v1_api
+from inference.api.apis import native_api, ollama_api, v1_api
 from models_app.models import ModelConfig
 from models_app.services import issue_token
 
@@ -56,8 +57,9 @@ pytestmark = pytest.mark.fuzz
 MODEL = "smollm2"  # the bundled model's id (tests/conftest.py small_model)
 MAX_TOKENS = 4
 FUZZ_EXAMPLES = 15
-_MODEL_FIELDS = ("model", "model_id")
-_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+_MODEL_FIELDS = ("model", "model_id", "name")
+_TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "num_predict")
+_NOT_OFFERED = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete", "/api/blobs/")
 _ERROR_FIELDS = {"message": (str,), "type": (str,), "param": (str, type(None)), "code": (str, type(None))}
 _UNSERVED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "TRACE")
 
@@ -173,6 +175,28 @@ _BODY_EXAMPLES = {
         "most-inputs": {"model": MODEL, "input": ["Hi."] * 256, "encoding_format": "base64"},
     },
     ("/models/load", "post"): {name: {"model_id": MODEL, **edge} for name, edge in _KEEP_ALIVE_EDGES.items()},
+    ("/api/chat", "post"): {
+        **{name: {"model": MODEL, "messages": _HI, "options": edge} for name, edge in _SAMPLING_EDGES.items()},
+        **{name: {"model": MODEL, "messages": _HI, **edge} for name, edge in _KEEP_ALIVE_EDGES.items()},
+        **{f"schema-{name}": {"model": MODEL, "messages": _HI, "format": edge} for name, edge in _SCHEMA_EDGES.items()},
+        "huge-content": {"model": MODEL, "messages": [{"role": "user", "content": _HUGE_TEXT}], "stream": False},
+        "unload": {"model": MODEL, "messages": [], "keep_alive": 0},
+        "odd-options": {
+            "model": MODEL,
+            "messages": _HI,
+            "options": {"repeat_last_n": -1, "typical_p": 0.5, "num_predict": -2, "num_ctx": 1},
+        },
+    },
+    ("/api/generate", "post"): {
+        **{name: {"model": MODEL, "prompt": "Hi.", "options": edge} for name, edge in _SAMPLING_EDGES.items()},
+        "raw-huge": {"model": MODEL, "prompt": _HUGE_TEXT, "raw": True},
+        "load": {"model": MODEL, "keep_alive": "1h"},
+    },
+    ("/api/embed", "post"): {
+        "huge-input-truncated": {"model": MODEL, "input": _HUGE_TEXT},
+        "huge-input-refused": {"model": MODEL, "input": _HUGE_TEXT, "truncate": False},
+        "most-inputs": {"model": MODEL, "input": ["Hi."] * 256},
+    },
 }
 
 _NODE = {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}
@@ -246,6 +270,7 @@ def _schema(api: Any) -> Any:
 
 v1_schema = _schema(v1_api)
 native_schema = _schema(native_api)
+ollama_schema = _schema(ollama_api)
 
 
 @pytest.fixture
@@ -273,8 +298,8 @@ def target(live_server_url, transactional_db, small_model, admin_user, _same_dra
 def _clamp(fields: dict[str, Any]) -> None:
     for key in _TOKEN_FIELDS:
         value = fields.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_TOKENS:
-            fields[key] = MAX_TOKENS
+        if isinstance(value, int) and not isinstance(value, bool) and (value > MAX_TOKENS or value in (-1, -2)):
+            fields[key] = MAX_TOKENS  # Ollama's num_predict -1 and -2 mean "as many as allowed"
 
 
 def _steer(case: Any) -> None:
@@ -282,8 +307,9 @@ def _steer(case: Any) -> None:
     body = case.body
     if isinstance(body, dict):
         _clamp(body)
-        if isinstance(body.get("parameters"), dict):
-            _clamp(body["parameters"])
+        for nested in ("parameters", "options"):
+            if isinstance(body.get(nested), dict):
+                _clamp(body[nested])
     if zlib.crc32(repr((case.path_parameters, body)).encode()) % 4 == 0:
         return
     for fields in (body, case.path_parameters):
@@ -313,6 +339,17 @@ def _error_shape_problem(payload: Any) -> str | None:
     return f"wrong types for {wrong}" if wrong else None
 
 
+def _ollama_error_problem(payload: Any) -> str | None:
+    """Why `payload` is not Ollama's {"error": "message"}."""
+    if not isinstance(payload, dict) or set(payload) != {"error"} or not isinstance(payload["error"], str):
+        return "the body is not Ollama's {'error': str}"
+    return None
+
+
+def _shape_problem(path: str, payload: Any) -> str | None:
+    return _ollama_error_problem(payload) if path.startswith("/api/") else _error_shape_problem(payload)
+
+
 def _json_or_none(response: Any) -> Any:
     try:
         return response.json()
@@ -330,13 +367,17 @@ def _check(case: Any, target: tuple[str, dict[str, str]]) -> None:
     url, headers = target
     _steer(case)
     response = case.call(base_url=url, headers=headers, timeout=120)
-    assert response.status_code < 500, f"{_sent(case)} -> {_describe(response)}"
-    if response.status_code >= 400:
-        problem = _error_shape_problem(_json_or_none(response))
+    not_offered = response.status_code == 501 and case.formatted_path.startswith(_NOT_OFFERED)
+    assert response.status_code < 500 or not_offered, f"{_sent(case)} -> {_describe(response)}"
+    if response.status_code >= 400 and case.method.upper() != "HEAD":  # a HEAD answer has no body
+        problem = _shape_problem(case.formatted_path, _json_or_none(response))
         assert problem is None, f"{_sent(case)} -> {_describe(response)}: {problem}"
     elif response.headers.get("Content-Type", "").startswith("text/event-stream"):
         errors = _stream_errors(response.text)
         assert not errors, f"{_sent(case)} -> 200, then error frame(s) in the stream: {errors}"
+    elif response.headers.get("Content-Type", "").startswith("application/x-ndjson"):
+        errors = [line for line in map(json.loads, response.text.splitlines()) if "error" in line]
+        assert not errors, f"{_sent(case)} -> 200, then error line(s) in the stream: {errors}"
 
 
 @v1_schema.parametrize()
@@ -351,20 +392,26 @@ def test_native_answers_generated_requests_without_5xx_and_in_one_error_shape(ca
     _check(case, target)
 
 
+@ollama_schema.parametrize()
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_ollama_api_answers_generated_requests_without_5xx_and_in_its_error_shape(case, target):
+    _check(case, target)
+
+
 _SERVED = {
     path: {method.upper() for method in operations}
-    for api in (v1_api, native_api)
+    for api in (v1_api, native_api, ollama_api)
     for path, operations in api.get_openapi_schema()["paths"].items()
 }
 
 
 @pytest.mark.parametrize("path", list(_SERVED))
 def test_unserved_methods_get_405_in_one_error_shape(live_server_url, path):
-    url = live_server_url + path.replace("{model_id}", MODEL)
+    url = live_server_url + path.replace("{model_id}", MODEL).replace("{digest}", "sha256-0")
     problems = []
     for method in sorted(set(_UNSERVED_METHODS) - _SERVED[path]):
         response = httpx.request(method, url, timeout=30)
-        problem = _error_shape_problem(_json_or_none(response)) if response.status_code == 405 else "not a 405"
+        problem = _shape_problem(path, _json_or_none(response)) if response.status_code == 405 else "not a 405"
         if problem:
             problems.append(f"{method} {path} -> {_describe(response)}: {problem}")
     assert not problems, "\n".join(problems)

@@ -88,8 +88,14 @@ def error_response(exc: APIError) -> JsonResponse:
 
 
 def ollama_error_response(exc: APIError) -> JsonResponse:
-    """Ollama's error shape, `{"error": "message"}`, with the same status and headers."""
-    return _with_headers(JsonResponse({"error": str(exc)}, status=exc.status), exc)
+    """Ollama's error shape, `{"error": "message"}`, with the same status and headers.
+
+    It has no `param`: a message that does not name its field already ends with it.
+    """
+    message = str(exc)
+    if exc.param and exc.param not in message:
+        message = f"{message} (at {exc.param})"
+    return _with_headers(JsonResponse({"error": message}, status=exc.status), exc)
 
 
 Render = Callable[[APIError], JsonResponse]

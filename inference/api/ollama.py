@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router
 
 from inference.api import flow
+from inference.api import tools as tool_calls
 from inference.api.errors import InvalidRequest, NotFound, PermissionDenied, as_api_error
 from inference.api.ollama_schemas import (
     OllamaChatRequest,
@@ -65,12 +66,12 @@ def _schema_of(fmt: str | dict[str, Any] | None) -> dict[str, Any] | None:
     return None
 
 
-def _sampling(spec: ModelSpec, options: OllamaOptions, fmt: str | dict[str, Any] | None) -> Any:
+def _sampling(spec: ModelSpec, options: OllamaOptions, schema: dict[str, Any] | None) -> Any:
     per_request_ctx = spec.n_ctx // max(1, int(spec.llama_kwargs.get("n_parallel") or 1))
     max_tokens = options.num_predict
     if max_tokens in (-1, -2):  # "until it stops" / "fill the context": as far as the server's cap allows
         max_tokens = settings.MAX_TOKENS_LIMIT
-    sampling = flow.build_sampling(options.sampling, spec, max_tokens=max_tokens, json_schema=_schema_of(fmt))
+    sampling = flow.build_sampling(options.sampling, spec, max_tokens=max_tokens, json_schema=schema)
     if options.repeat_last_n is not None:
         # llama.cpp keeps a history buffer of this many tokens per request: past the context it only costs memory
         if options.repeat_last_n > per_request_ctx:
@@ -80,16 +81,6 @@ def _sampling(spec: ModelSpec, options: OllamaOptions, fmt: str | dict[str, Any]
         sampling.penalty_last_n = per_request_ctx if options.repeat_last_n == -1 else options.repeat_last_n
     sampling.typical_p = options.typical_p
     return sampling
-
-
-def _refuse_tools(spec: ModelSpec, name: str, tools: list | None) -> None:
-    """Ollama's refusal for a model whose template has no tools; ours for one that has them (not served yet)."""
-    if not tools:
-        return
-    if "tool" not in spec.chat_template:
-        raise InvalidRequest(f'"{name}" does not support tools', param="tools", code="unsupported_feature")
-    raise InvalidRequest("tool calling is not supported by this server yet", param="tools",
-                         code="unsupported_feature")  # fmt: skip
 
 
 async def _thinking(spec: ModelSpec, name: str, think: Any) -> tuple[bool | None, ThinkingSplitter | None]:
@@ -201,6 +192,34 @@ async def _reply(
     return _headers(flow.ndjson_response(lines(), request_id), None, ignored)
 
 
+async def _tool_reply(
+    request: HttpRequest,
+    *,
+    spec: ModelSpec,
+    job: Any,
+    name: str,
+    stream: bool,
+    ignored: list[str],
+    tools: list[tool_calls.Tool],
+) -> HttpResponse:
+    """A chat with tools: the whole reply tells a call from an answer, so it comes as one message, then `done`."""
+    handle, request_id, load_ns = await _submit(request, spec, job, "ollama.chat")
+    text, outcome = await flow.collect(handle, request_id)
+    calls, content = tool_calls.parse_reply(text, tools)
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = [{"function": call} for call in calls]
+    done = {"done": True, "done_reason": outcome.finish_reason, **durations(outcome, load_ns)}
+    if not stream:
+        return _json({"model": name, "created_at": timestamp(), "message": message, **done}, request_id, ignored)
+
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        yield {"model": name, "created_at": timestamp(), "message": message, "done": False}
+        yield {"model": name, "created_at": timestamp(), "message": {"role": "assistant", "content": ""}, **done}
+
+    return _headers(flow.ndjson_response(lines(), request_id), None, ignored)
+
+
 async def _chain(first: list[Token], rest: AsyncIterator[Token | Outcome]) -> AsyncIterator[Token | Outcome]:
     for event in first:
         yield event
@@ -239,21 +258,27 @@ async def chat(request: HttpRequest, body: OllamaChatRequest) -> HttpResponse:
     if not body.messages:
         return await _load_or_unload(request, spec, body.keep_alive, {"model": body.model, "created_at": timestamp(),
                                                                        "message": message})  # fmt: skip
-    _refuse_tools(spec, body.model, body.tools)
+    tools = tool_calls.parse_tools(body.tools) if body.tools else []
+    for field, clash in (("format", body.format), ("think", body.think)):
+        if tools and clash:
+            raise InvalidRequest(f"{field} and tools both shape the reply; send one of them", param=field,
+                                 code="invalid_value")  # fmt: skip
     enable_thinking, splitter = await _thinking(spec, body.model, body.think)
-    messages = []
     for i, m in enumerate(body.messages):
         if m.images:
             raise InvalidRequest(f'"{body.model}" does not support images', param=f"messages.{i}.images",
                                  code="unsupported_feature")  # fmt: skip
-        if m.tool_calls:
-            raise InvalidRequest("tool calls are not supported by this server yet", param=f"messages.{i}.tool_calls",
-                                 code="unsupported_feature")  # fmt: skip
-        messages.append({"role": m.role, "content": m.content or ""})
+    # earlier calls as the JSON the model wrote them in; the tools' instruction in the system message
+    messages = tool_calls.history([m.model_dump(include={"role", "content", "tool_calls"}) for m in body.messages])
+    if tools:
+        messages = tool_calls.with_instruction(messages, tools, spec.system_prompt)
     options = parse_options(body.options, body.keep_alive)
-    sampling = _sampling(spec, options, body.format)
+    sampling = _sampling(spec, options, tool_calls.reply_schema(tools) if tools else _schema_of(body.format))
     job = flow.make_job(spec, options.sampling, kind="chat", messages=messages, sampling=sampling,
                         enable_thinking=enable_thinking)  # fmt: skip
+    if tools:
+        return await _tool_reply(request, spec=spec, job=job, name=body.model, stream=body.stream,
+                                 ignored=options.ignored, tools=tools)  # fmt: skip
 
     def piece(content: str, thinking: str | None) -> dict[str, Any]:
         message = {"role": "assistant", "content": content}
@@ -286,7 +311,7 @@ async def generate(request: HttpRequest, body: OllamaGenerateRequest) -> HttpRes
         if value:
             raise InvalidRequest(why, param=field, code="unsupported_feature")
     options = parse_options(body.options, body.keep_alive)
-    sampling = _sampling(spec, options, body.format)
+    sampling = _sampling(spec, options, _schema_of(body.format))
     if body.raw:
         if body.system:
             raise InvalidRequest("system has no effect with raw: true; put it in the prompt", param="system",

@@ -107,7 +107,7 @@ def _show(model: LLMModel) -> dict[str, Any]:
         "system": config.system_prompt,
         "details": _details(model),
         "model_info": _model_info(model),
-        "capabilities": ["completion", "embedding", *(["thinking"] if supports_thinking(template) else [])],
+        "capabilities": ["completion", "tools", "embedding", *(["thinking"] if supports_thinking(template) else [])],
         "modified_at": timestamp(model.file_mtime or model.updated_at),
     }
 

@@ -99,3 +99,46 @@ def test_pull_says_what_to_do_instead(client):
     with pytest.raises(ollama.ResponseError) as caught:
         client.pull("llama3.2")
     assert caught.value.status_code == 501 and "MODELS_DIR" in caught.value.error
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather now in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_chat_with_tools_returns_a_valid_call_or_an_answer(client):
+    question = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+    reply = client.chat(model=OLLAMA_NAME, messages=question, tools=[WEATHER],
+                        options={"num_predict": 48, "temperature": 0})  # fmt: skip
+    assert reply.done_reason == "stop"  # the grammar closed the JSON object within the budget
+    if reply.message.tool_calls:  # a call names a real tool with arguments its schema accepts, by construction
+        assert reply.message.content == ""
+        for call in reply.message.tool_calls:
+            assert call.function.name == "get_weather" and isinstance(call.function.arguments["city"], str)
+    else:
+        assert isinstance(reply.message.content, str)
+    plain = client.chat(model=OLLAMA_NAME, messages=question, options={"num_predict": 1})
+    assert reply.prompt_eval_count > plain.prompt_eval_count  # the tools' instruction is in the prompt
+
+
+def test_a_tool_result_continues_the_conversation(client):
+    history = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather",
+                                                                            "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"},
+    ]  # fmt: skip
+    parts = list(client.chat(model=OLLAMA_NAME, messages=history, tools=[WEATHER], stream=True,
+                             options={"num_predict": 48, "temperature": 0}))  # fmt: skip
+    assert [p.done for p in parts] == [False, True]  # with tools the reply comes whole, then done
+    assert parts[0].message.tool_calls or isinstance(parts[0].message.content, str)
+    assert parts[1].eval_count == UsageRecord.objects.get().completion_tokens

@@ -12,6 +12,7 @@ from models_app.services import issue_token
 NAME = "smollm2:135m-instruct-q4_1"
 USER = [{"role": "user", "content": "x"}]
 TOOL = {"type": "function", "function": {"name": "f"}}
+BAD_SCHEMA = {"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}
 
 
 @pytest.fixture
@@ -131,16 +132,10 @@ def test_embed_truncates_unless_told_not_to(api):
         ("/api/generate", {"model": NAME, "prompt": "x", "options": {"typical_p": 0}}, 400, "options.typical_p"),
         ("/api/generate", {"model": NAME, "prompt": "x", "options": {"repeat_last_n": 2**30}}, 400, "at most 512"),
         ("/api/generate", {"model": NAME, "prompt": "x", "keep_alive": "soon"}, 400, "keep_alive"),
-        (
-            "/api/chat",
-            {
-                "model": NAME,
-                "messages": [{"role": "user", "content": "x"}],
-                "tools": [{"type": "function", "function": {"name": "f"}}],
-            },
-            400,
-            f'"{NAME}" does not support tools',
-        ),
+        ("/api/chat", {"model": NAME, "messages": USER, "tools": [TOOL], "format": "json"}, 400, "format and tools"),
+        ("/api/chat", {"model": NAME, "messages": USER, "tools": [{"type": "function"}]}, 400, "tools.0.function"),
+        ("/api/chat", {"model": NAME, "messages": USER, "tools": [BAD_SCHEMA]}, 400, "tools.0.function.parameters"),
+        ("/api/chat", {"model": NAME, "messages": USER, "tools": [TOOL, TOOL]}, 400, "two tools are named 'f'"),
         (
             "/api/chat",
             {"model": NAME, "messages": [{"role": "user", "content": "x"}], "think": True},

@@ -1,0 +1,158 @@
+"""Tool calling the generic way: the tools in a system instruction, the reply constrained to a call or an answer.
+
+This is llama.cpp's "generic" chat format (common/chat.cpp), which works with any chat
+template, ChatML without tool support included: the model is told which tools exist and
+its output is held by a grammar to one JSON object, either
+`{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}` with each call's arguments
+matching that tool's parameter schema, or `{"response": "..."}`. So a call that comes
+back always names a real tool and has arguments its schema accepts; output that does not
+parse (cut short by the token limit) is returned as content, never as a call.
+"""
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from inference.api.errors import InvalidRequest
+from inference.engine import request_bounds
+from inference.engine.grammar import SchemaRefused, check_schema
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_TOOLS = 128
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+def parse_tools(tools: list[Any], param: str = "tools") -> list[Tool]:
+    """Function tools as OpenAI and Ollama send them; InvalidRequest naming the field for anything else."""
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRequest(f"at most {MAX_TOOLS} tools", param=param, code="invalid_value")
+    parsed: dict[str, Tool] = {}
+    for i, tool in enumerate(tools):
+        where = f"{param}.{i}"
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise InvalidRequest(f"{where} must be a function tool: "
+                                 '{"type": "function", "function": {"name", "parameters"}}', param=where,
+                                 code="invalid_value")  # fmt: skip
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise InvalidRequest(f"{where}.function is required", param=f"{where}.function", code="invalid_value")
+        name = function.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InvalidRequest(f"{where}.function.name must be 1-64 letters, digits, '_', '.' or '-'",
+                                 param=f"{where}.function.name", code="invalid_value")  # fmt: skip
+        if name in parsed:
+            raise InvalidRequest(f"two tools are named {name!r}", param=f"{where}.function.name", code="invalid_value")
+        parameters = function.get("parameters")
+        if parameters is None:
+            parameters = {"type": "object", "properties": {}}
+        if not isinstance(parameters, dict):
+            raise InvalidRequest(f"{where}.function.parameters must be a JSON schema object",
+                                 param=f"{where}.function.parameters", code="invalid_value")  # fmt: skip
+        try:  # here, so a bad schema is named by its place in `tools`, not in the grammar built from them
+            check_schema(parameters, request_bounds().schema, param=f"{where}.function.parameters")
+        except SchemaRefused as exc:
+            raise InvalidRequest(str(exc), param=exc.param, code="unsupported_schema") from exc
+        description = function.get("description")
+        parsed[name] = Tool(name, description if isinstance(description, str) else "", parameters)
+    return list(parsed.values())
+
+
+def instruction(tools: list[Tool]) -> str:
+    """The system text that tells the model its tools and the reply's shape."""
+    listed = json.dumps(
+        [{"name": t.name, "description": t.description, "parameters": t.parameters} for t in tools],
+        ensure_ascii=False,
+    )
+    return (
+        "You can call these tools to answer the user:\n"
+        f"{listed}\n"
+        'To call tools, reply with {"tool_calls": [{"name": "<tool name>", "arguments": {<its arguments>}}]}. '
+        'To answer without a tool, reply with {"response": "<your answer>"}. Reply with that JSON object only.'
+    )
+
+
+def reply_schema(tools: list[Tool], *, answer_allowed: bool = True) -> dict[str, Any]:
+    """The JSON schema the output is held to: calls of these tools, or (if allowed) an answer."""
+    calls = {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": False,
+                }
+                for t in tools
+            ]
+        },
+    }
+    call = {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"],
+            "additionalProperties": False}  # fmt: skip
+    if not answer_allowed:
+        return call
+    answer = {"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"],
+              "additionalProperties": False}  # fmt: skip
+    return {"anyOf": [call, answer]}
+
+
+def with_instruction(messages: list[dict[str, Any]], tools: list[Tool], default_system: str) -> list[dict[str, Any]]:
+    """`messages` with the tools' instruction in the system message (the model's configured one if none is sent)."""
+    text = instruction(tools)
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": f"{default_system}\n\n{text}" if default_system else text}, *messages]
+
+
+def history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Earlier turns as the generic format shows them: an assistant's calls as the JSON it would have written."""
+    shown = []
+    for m in messages:
+        calls = m.get("tool_calls")
+        if m["role"] == "assistant" and calls:
+            text = json.dumps({"tool_calls": [_as_written(c) for c in calls]}, ensure_ascii=False)
+            shown.append({"role": "assistant", "content": text})
+        else:
+            shown.append({"role": m["role"], "content": m.get("content") or ""})
+    return shown
+
+
+def _as_written(call: Any) -> dict[str, Any]:
+    """A call in OpenAI's or Ollama's shape ({"function": {...}}, arguments as JSON text or object) as the JSON."""
+    function = call.get("function", call) if isinstance(call, dict) else {}
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        with contextlib.suppress(ValueError):
+            arguments = json.loads(arguments)
+    return {"name": function.get("name"), "arguments": arguments}
+
+
+def parse_reply(text: str, tools: list[Tool]) -> tuple[list[dict[str, Any]], str]:
+    """(calls as {"name", "arguments": dict}, content) from the constrained output; unparsable text is content."""
+    try:
+        reply = json.loads(text)
+    except ValueError:
+        return [], text
+    if not isinstance(reply, dict):
+        return [], text
+    if isinstance(reply.get("response"), str):
+        return [], reply["response"]
+    names = {t.name for t in tools}
+    calls = reply.get("tool_calls")
+    if not isinstance(calls, list) or not calls:
+        return [], text
+    parsed = []
+    for call in calls:
+        if not isinstance(call, dict) or call.get("name") not in names or not isinstance(call.get("arguments"), dict):
+            return [], text
+        parsed.append({"name": call["name"], "arguments": call["arguments"]})
+    return parsed, ""

@@ -1,0 +1,83 @@
+"""The generic tool-call format: tools checked, the reply's schema, earlier calls shown, replies parsed."""
+
+import json
+
+import pytest
+
+from inference.api.errors import InvalidRequest
+from inference.api.tools import Tool, history, parse_reply, parse_tools, reply_schema, with_instruction
+from inference.engine.grammar import SchemaBounds, schema_grammar
+
+CALL = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
+WEATHER = Tool("get_weather", "", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]})
+
+
+def test_a_tool_without_parameters_takes_an_empty_object():
+    [tool] = parse_tools([{"type": "function", "function": {"name": "now"}}])
+    assert tool.parameters == {"type": "object", "properties": {}}
+
+
+@pytest.mark.parametrize(
+    ("tools", "param"),
+    [
+        (["f"], "tools.0"),
+        ([{"type": "retrieval"}], "tools.0"),
+        ([{"function": {"name": "has space"}}], "tools.0.function.name"),
+        ([{"function": {"name": "f", "parameters": []}}], "tools.0.function.parameters"),
+        (
+            [{"function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"pattern": "("}}}}}],
+            "tools.0.function.parameters.properties.a.pattern",
+        ),
+    ],
+)
+def test_bad_tools_are_refused_by_their_place(db, tools, param):
+    with pytest.raises(InvalidRequest) as refused:
+        parse_tools(tools)
+    assert refused.value.param.startswith(param)
+
+
+def test_the_reply_schema_becomes_a_grammar():
+    grammar = schema_grammar(reply_schema([WEATHER]), SchemaBounds())
+    assert "get_weather" in grammar and "response" in grammar
+
+
+@pytest.mark.parametrize(
+    ("text", "calls", "content"),
+    [
+        (
+            '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}',
+            [{"name": "get_weather", "arguments": {"city": "Paris"}}],
+            "",
+        ),
+        ('{"response": "It is sunny."}', [], "It is sunny."),
+        (
+            '{"tool_calls": [{"name": "get_weather", "arguments": {"ci',
+            [],
+            '{"tool_calls": [{"name": "get_weather", "arguments": {"ci',
+        ),
+        (
+            '{"tool_calls": [{"name": "rm_rf", "arguments": {}}]}',
+            [],
+            '{"tool_calls": [{"name": "rm_rf", "arguments": {}}]}',
+        ),
+        ("[1, 2]", [], "[1, 2]"),
+    ],
+)
+def test_only_whole_calls_of_real_tools_come_back_as_calls(text, calls, content):
+    assert parse_reply(text, [WEATHER]) == (calls, content)
+
+
+def test_earlier_calls_are_shown_as_the_json_the_model_writes_in_either_shape():
+    openai_call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    ollama_call = {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+    for call in (openai_call, ollama_call):
+        [shown] = history([{"role": "assistant", "content": None, "tool_calls": [call]}])
+        assert json.loads(shown["content"]) == {"tool_calls": [{"name": "get_weather", "arguments": {"city": "Oslo"}}]}
+
+
+def test_the_instruction_joins_the_system_message_or_the_models_own():
+    sent = with_instruction([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                            [WEATHER], "Configured.")  # fmt: skip
+    assert sent[0]["content"].startswith("Be brief.\n\n") and "get_weather" in sent[0]["content"]
+    default = with_instruction([{"role": "user", "content": "Hi"}], [WEATHER], "Configured.")
+    assert default[0]["content"].startswith("Configured.\n\n") and len(default) == 2

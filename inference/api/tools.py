@@ -79,8 +79,38 @@ def instruction(tools: list[Tool]) -> str:
     )
 
 
+def _hoisted(tool: Tool, defs: dict[str, Any]) -> dict[str, Any]:
+    """The tool's parameters with its `$defs` moved into `defs` under its own prefix, and its `$ref`s to match.
+
+    A tool's `$ref: "#/$defs/x"` points at the root of its own schema (pydantic writes them
+    so); inside the reply's schema that root is the reply's, so the definitions go there.
+    """
+    prefix = f"{tool.name}__"
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, list):
+            return [rewrite(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith(("#/$defs/", "#/definitions/")):
+                out[key] = "#/$defs/" + prefix + value.split("/", 2)[2]
+            else:
+                out[key] = rewrite(value)
+        return out
+
+    parameters = dict(tool.parameters)
+    for section in ("$defs", "definitions"):
+        for name, definition in (parameters.pop(section, None) or {}).items():
+            defs[prefix + name] = rewrite(definition)
+    return rewrite(parameters)
+
+
 def reply_schema(tools: list[Tool], *, answer_allowed: bool = True) -> dict[str, Any]:
     """The JSON schema the output is held to: calls of these tools, or (if allowed) an answer."""
+    defs: dict[str, Any] = {}
+    arguments = {t.name: _hoisted(t, defs) for t in tools}
     calls = {
         "type": "array",
         "minItems": 1,
@@ -88,7 +118,7 @@ def reply_schema(tools: list[Tool], *, answer_allowed: bool = True) -> dict[str,
             "anyOf": [
                 {
                     "type": "object",
-                    "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                    "properties": {"name": {"const": t.name}, "arguments": arguments[t.name]},
                     "required": ["name", "arguments"],
                     "additionalProperties": False,
                 }
@@ -98,11 +128,10 @@ def reply_schema(tools: list[Tool], *, answer_allowed: bool = True) -> dict[str,
     }
     call = {"type": "object", "properties": {"tool_calls": calls}, "required": ["tool_calls"],
             "additionalProperties": False}  # fmt: skip
-    if not answer_allowed:
-        return call
     answer = {"type": "object", "properties": {"response": {"type": "string"}}, "required": ["response"],
               "additionalProperties": False}  # fmt: skip
-    return {"anyOf": [call, answer]}
+    schema: dict[str, Any] = {"anyOf": [call, answer]} if answer_allowed else call
+    return {**schema, "$defs": defs} if defs else schema
 
 
 def with_instruction(messages: list[dict[str, Any]], tools: list[Tool], default_system: str) -> list[dict[str, Any]]:

@@ -41,6 +41,19 @@ def test_the_reply_schema_becomes_a_grammar():
     assert "get_weather" in grammar and "response" in grammar
 
 
+def test_a_tools_own_definitions_still_resolve_inside_the_reply_schema():
+    # pydantic writes a tool's nested models as $defs with $refs to its own root
+    unit = {"enum": ["C", "F"]}
+    tool = Tool("get_weather", "", {"type": "object", "$defs": {"Unit": unit},
+                                    "properties": {"unit": {"$ref": "#/$defs/Unit"}}})  # fmt: skip
+    other = Tool("other", "", {"type": "object", "definitions": {"Unit": {"type": "integer"}},
+                               "properties": {"n": {"$ref": "#/definitions/Unit"}}})  # fmt: skip
+    schema = reply_schema([tool, other])
+    assert schema["$defs"] == {"get_weather__Unit": unit, "other__Unit": {"type": "integer"}}
+    grammar = schema_grammar(schema, SchemaBounds())
+    assert 'get-weather-Unit ::= "\\"C\\"" | "\\"F\\""' in grammar and "arguments-n ::= integer" in grammar
+
+
 @pytest.mark.parametrize(
     ("text", "calls", "content"),
     [

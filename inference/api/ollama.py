@@ -269,7 +269,9 @@ async def chat(request: HttpRequest, body: OllamaChatRequest) -> HttpResponse:
             raise InvalidRequest(f'"{body.model}" does not support images', param=f"messages.{i}.images",
                                  code="unsupported_feature")  # fmt: skip
     # earlier calls as the JSON the model wrote them in; the tools' instruction in the system message
-    messages = tool_calls.history([m.model_dump(include={"role", "content", "tool_calls"}) for m in body.messages])
+    messages = tool_calls.history(
+        [m.model_dump(include={"role", "content", "tool_calls", "tool_name"}) for m in body.messages]
+    )
     if tools:
         messages = tool_calls.with_instruction(messages, tools, spec.system_prompt)
     options = parse_options(body.options, body.keep_alive)

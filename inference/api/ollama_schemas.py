@@ -2,7 +2,7 @@
 
 Ollama ignores fields it does not know, and so do these schemas: its clients send
 whatever their version of the API has. What they send that this server cannot honour
-(images, tools, a Go template, a `context`) is refused by name, never dropped silently.
+(images, a Go template, a `context`) is refused by name, never dropped silently.
 """
 
 from typing import Annotated, Any, Literal
@@ -111,11 +111,20 @@ Format = Literal["json", ""] | dict[str, Any] | None
 Think = bool | Literal["high", "medium", "low"] | None
 
 
+class OllamaCalledFunction(_Ollama):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+
+
+class OllamaToolCall(_Ollama):
+    function: OllamaCalledFunction
+
+
 class OllamaMessage(_Ollama):
     role: Literal["system", "user", "assistant", "tool"]
     content: str | None = ""
     images: list[str] | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[OllamaToolCall] | None = None
     thinking: str | None = None  # the model's earlier reasoning; chat templates drop it from the history
     tool_name: str | None = None
 

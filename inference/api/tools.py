@@ -13,14 +13,19 @@ import contextlib
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 
 from inference.api.errors import InvalidRequest
 from inference.engine import request_bounds
-from inference.engine.grammar import SchemaRefused, check_schema
+from inference.engine.grammar import SchemaRefused, check_schema, schema_grammar
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_TOOLS = 128
+MAX_CALLS = 4  # calls in one reply
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,10 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
+
+    @cached_property
+    def validator(self) -> Draft202012Validator:
+        return Draft202012Validator(self.parameters)
 
 
 def parse_tools(tools: list[Any], param: str = "tools") -> list[Tool]:
@@ -53,16 +62,28 @@ def parse_tools(tools: list[Any], param: str = "tools") -> list[Tool]:
         parameters = function.get("parameters")
         if parameters is None:
             parameters = {"type": "object", "properties": {}}
-        if not isinstance(parameters, dict):
-            raise InvalidRequest(f"{where}.function.parameters must be a JSON schema object",
+        if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+            raise InvalidRequest(f"{where}.function.parameters must be a JSON schema of an object (the arguments)",
                                  param=f"{where}.function.parameters", code="invalid_value")  # fmt: skip
         try:  # here, so a bad schema is named by its place in `tools`, not in the grammar built from them
             check_schema(parameters, request_bounds().schema, param=f"{where}.function.parameters")
+            Draft202012Validator.check_schema(parameters)
         except SchemaRefused as exc:
             raise InvalidRequest(str(exc), param=exc.param, code="unsupported_schema") from exc
+        except SchemaError as exc:
+            raise InvalidRequest(
+                f"not a valid JSON schema: {exc.message}",
+                param=f"{where}.function.parameters",
+                code="unsupported_schema",
+            ) from exc
         description = function.get("description")
         parsed[name] = Tool(name, description if isinstance(description, str) else "", parameters)
-    return list(parsed.values())
+    tools = list(parsed.values())
+    try:  # the tools together, as the grammar will see them (their sizes add up)
+        schema_grammar(reply_schema(tools), request_bounds().schema, param=param)
+    except SchemaRefused as exc:
+        raise InvalidRequest(str(exc), param=param, code="unsupported_schema") from exc
+    return tools
 
 
 def instruction(tools: list[Tool]) -> str:
@@ -79,13 +100,18 @@ def instruction(tools: list[Tool]) -> str:
     )
 
 
+_DATA_KEYWORDS = ("enum", "const", "default", "examples")  # values, not schemas: never rewritten
+
+
 def _hoisted(tool: Tool, defs: dict[str, Any]) -> dict[str, Any]:
     """The tool's parameters with its `$defs` moved into `defs` under its own prefix, and its `$ref`s to match.
 
     A tool's `$ref: "#/$defs/x"` points at the root of its own schema (pydantic writes them
-    so); inside the reply's schema that root is the reply's, so the definitions go there.
+    so); inside the reply's schema that root is the reply's, so the definitions go there,
+    as `<tool name>:<name>` (no tool name has a ':', so two tools' names cannot meet).
+    The walk is as deep as the schema, which check_schema has bounded.
     """
-    prefix = f"{tool.name}__"
+    prefix = f"{tool.name}:"
 
     def rewrite(node: Any) -> Any:
         if isinstance(node, list):
@@ -97,12 +123,15 @@ def _hoisted(tool: Tool, defs: dict[str, Any]) -> dict[str, Any]:
             if key == "$ref" and isinstance(value, str) and value.startswith(("#/$defs/", "#/definitions/")):
                 out[key] = "#/$defs/" + prefix + value.split("/", 2)[2]
             else:
-                out[key] = rewrite(value)
+                out[key] = value if key in _DATA_KEYWORDS else rewrite(value)
         return out
 
     parameters = dict(tool.parameters)
     for section in ("$defs", "definitions"):
         for name, definition in (parameters.pop(section, None) or {}).items():
+            if prefix + name in defs:
+                raise InvalidRequest(f"tool {tool.name!r} defines {name!r} in both $defs and definitions",
+                                     param="tools", code="invalid_value")  # fmt: skip
             defs[prefix + name] = rewrite(definition)
     return rewrite(parameters)
 
@@ -114,6 +143,7 @@ def reply_schema(tools: list[Tool], *, answer_allowed: bool = True) -> dict[str,
     calls = {
         "type": "array",
         "minItems": 1,
+        "maxItems": MAX_CALLS,  # a small model would otherwise add calls until its token limit
         "items": {
             "anyOf": [
                 {
@@ -146,12 +176,15 @@ def history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Earlier turns as the generic format shows them: an assistant's calls as the JSON it would have written."""
     shown = []
     for m in messages:
-        calls = m.get("tool_calls")
+        calls, content = m.get("tool_calls"), m.get("content") or ""
         if m["role"] == "assistant" and calls:
             text = json.dumps({"tool_calls": [_as_written(c) for c in calls]}, ensure_ascii=False)
-            shown.append({"role": "assistant", "content": text})
+            shown.append({"role": "assistant", "content": f"{content}\n{text}" if content else text})
+        elif m["role"] == "tool" and m.get("tool_name"):  # which call this answers, when there are several
+            text = json.dumps({"tool_response": {"name": m["tool_name"], "content": content}}, ensure_ascii=False)
+            shown.append({"role": "tool", "content": text})
         else:
-            shown.append({"role": m["role"], "content": m.get("content") or ""})
+            shown.append({"role": m["role"], "content": content})
     return shown
 
 
@@ -175,13 +208,17 @@ def parse_reply(text: str, tools: list[Tool]) -> tuple[list[dict[str, Any]], str
         return [], text
     if isinstance(reply.get("response"), str):
         return [], reply["response"]
-    names = {t.name for t in tools}
+    by_name = {t.name: t for t in tools}
     calls = reply.get("tool_calls")
     if not isinstance(calls, list) or not calls:
         return [], text
     parsed = []
     for call in calls:
-        if not isinstance(call, dict) or call.get("name") not in names or not isinstance(call.get("arguments"), dict):
+        tool = by_name.get(call.get("name")) if isinstance(call, dict) else None
+        arguments = call.get("arguments") if tool else None
+        # The grammar cannot hold every keyword (minimum, uniqueItems, not, ...): what it let through
+        # is checked against the tool's own schema, and a call that fails is no call.
+        if tool is None or not isinstance(arguments, dict) or not tool.validator.is_valid(arguments):
             return [], text
-        parsed.append({"name": call["name"], "arguments": call["arguments"]})
+        parsed.append({"name": tool.name, "arguments": arguments})
     return parsed, ""

@@ -233,4 +233,6 @@ def _convert(schema_json: str, bounds: SchemaBounds, param: str) -> str:
 
 def schema_grammar(schema: dict[str, Any], bounds: SchemaBounds, param: str = SCHEMA_PARAM) -> str:
     """The GBNF text for `schema` ({} = any JSON value); SchemaRefused naming the keyword at fault."""
-    return _convert(json.dumps(schema, sort_keys=True), bounds, param)
+    # In the schema's own key order: the converter keeps it, so the model writes properties in the order
+    # they were declared (and told), not alphabetically.
+    return _convert(json.dumps(schema), bounds, param)

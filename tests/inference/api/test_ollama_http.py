@@ -12,6 +12,7 @@ from models_app.services import issue_token
 NAME = "smollm2:135m-instruct-q4_1"
 USER = [{"role": "user", "content": "x"}]
 TOOL = {"type": "function", "function": {"name": "f"}}
+BAD_CALL = [*USER, {"role": "assistant", "tool_calls": [{"function": "x"}]}]
 BAD_SCHEMA = {"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}
 
 
@@ -136,6 +137,7 @@ def test_embed_truncates_unless_told_not_to(api):
         ("/api/chat", {"model": NAME, "messages": USER, "tools": [{"type": "function"}]}, 400, "tools.0.function"),
         ("/api/chat", {"model": NAME, "messages": USER, "tools": [BAD_SCHEMA]}, 400, "tools.0.function.parameters"),
         ("/api/chat", {"model": NAME, "messages": USER, "tools": [TOOL, TOOL]}, 400, "two tools are named 'f'"),
+        ("/api/chat", {"model": NAME, "messages": BAD_CALL}, 400, "messages.1.tool_calls.0.function"),
         (
             "/api/chat",
             {"model": NAME, "messages": [{"role": "user", "content": "x"}], "think": True},

@@ -24,6 +24,8 @@ def test_a_tool_without_parameters_takes_an_empty_object():
         ([{"type": "retrieval"}], "tools.0"),
         ([{"function": {"name": "has space"}}], "tools.0.function.name"),
         ([{"function": {"name": "f", "parameters": []}}], "tools.0.function.parameters"),
+        ([{"function": {"name": "f", "parameters": {"type": "string"}}}], "tools.0.function.parameters"),
+        ([{"function": {"name": "f", "parameters": {"type": "object", "required": "x"}}}], "tools.0.function"),
         (
             [{"function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"pattern": "("}}}}}],
             "tools.0.function.parameters.properties.a.pattern",
@@ -49,7 +51,7 @@ def test_a_tools_own_definitions_still_resolve_inside_the_reply_schema():
     other = Tool("other", "", {"type": "object", "definitions": {"Unit": {"type": "integer"}},
                                "properties": {"n": {"$ref": "#/definitions/Unit"}}})  # fmt: skip
     schema = reply_schema([tool, other])
-    assert schema["$defs"] == {"get_weather__Unit": unit, "other__Unit": {"type": "integer"}}
+    assert schema["$defs"] == {"get_weather:Unit": unit, "other:Unit": {"type": "integer"}}
     grammar = schema_grammar(schema, SchemaBounds())
     assert 'get-weather-Unit ::= "\\"C\\"" | "\\"F\\""' in grammar and "arguments-n ::= integer" in grammar
 
@@ -74,10 +76,39 @@ def test_a_tools_own_definitions_still_resolve_inside_the_reply_schema():
             '{"tool_calls": [{"name": "rm_rf", "arguments": {}}]}',
         ),
         ("[1, 2]", [], "[1, 2]"),
+        (  # arguments its schema refuses
+            '{"tool_calls": [{"name": "get_weather", "arguments": {"city": 7}}]}',
+            [],
+            '{"tool_calls": [{"name": "get_weather", "arguments": {"city": 7}}]}',
+        ),
     ],
 )
 def test_only_whole_calls_of_real_tools_come_back_as_calls(text, calls, content):
     assert parse_reply(text, [WEATHER]) == (calls, content)
+
+
+def test_what_the_grammar_cannot_hold_is_checked_after_it():
+    properties = {"n": {"type": "integer", "minimum": 100, "maximum": 200}, "tags": {"uniqueItems": True}}
+    tool = Tool("pick", "", {"type": "object", "properties": properties})
+    for arguments in ({"n": 3689}, {"n": 150, "tags": [1, 2, 2]}):
+        text = json.dumps({"tool_calls": [{"name": "pick", "arguments": arguments}]})
+        assert parse_reply(text, [tool]) == ([], text)
+    ok = json.dumps({"tool_calls": [{"name": "pick", "arguments": {"n": 150}}]})
+    assert parse_reply(ok, [tool]) == ([{"name": "pick", "arguments": {"n": 150}}], "")
+
+
+def test_deep_data_in_a_schema_is_not_walked():
+    deep: list = []
+    for _ in range(900):
+        deep = [deep]
+    tool = Tool("f", "", {"type": "object", "properties": {"a": {"enum": [deep]}}})
+    call = reply_schema([tool])["anyOf"][0]["properties"]["tool_calls"]["items"]["anyOf"][0]
+    assert call["properties"]["arguments"]["properties"]["a"]["enum"][0] is deep
+
+
+def test_a_tool_result_names_its_tool():
+    [shown] = history([{"role": "tool", "content": "18C", "tool_name": "get_weather"}])
+    assert json.loads(shown["content"]) == {"tool_response": {"name": "get_weather", "content": "18C"}}
 
 
 def test_earlier_calls_are_shown_as_the_json_the_model_writes_in_either_shape():

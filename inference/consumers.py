@@ -14,6 +14,7 @@ from django.conf import settings
 from pydantic import ValidationError
 
 from inference.api import flow
+from inference.api.chat import prepare_chat, response_schema
 from inference.api.errors import (
     APIError,
     AuthenticationFailed,
@@ -22,6 +23,7 @@ from inference.api.errors import (
     as_api_error,
     describe_validation_error,
 )
+from inference.api.tool_formats import ReplyReader
 from inference.api.ws_schemas import PROTOCOL, CancelFrame, GenerateFrame
 from inference.auth import Principal, request_principal
 from inference.engine import JobHandle, Outcome
@@ -160,14 +162,17 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         try:
             principal.require_scope("inference")
             spec = await flow.resolve_spec(principal, request.model)
-            schema = _schema(request)
-            sampling = flow.build_sampling(request, spec, json_schema=schema)
-            fields = (
-                {"kind": "chat", "messages": [m.model_dump() for m in request.messages]}
-                if request.messages is not None
-                else {"kind": "completion", "prompt": request.prompt}
-            )
-            job = flow.make_job(spec, request, sampling=sampling, **fields)
+            reader = None
+            if request.messages is not None:
+                setup = await prepare_chat(
+                    spec, request, request.messages, tools=request.tools, tool_choice=request.tool_choice,
+                    parallel_tool_calls=request.parallel_tool_calls, response_format=request.response_format,
+                    chat_template_kwargs=request.chat_template_kwargs, reasoning_effort=request.reasoning_effort,
+                )  # fmt: skip
+                job, reader = setup.job, setup.reader()
+            else:
+                sampling = flow.build_sampling(request, spec, json_schema=response_schema(request.response_format))
+                job = flow.make_job(spec, request, sampling=sampling, kind="completion", prompt=request.prompt)
             handle = await flow.submit(
                 principal=principal, spec=spec, job=job, endpoint="ws.generate",
                 request_id=flow.new_request_id(), client=(self.scope.get("client") or [None])[0],
@@ -180,7 +185,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         self.handles[request.id] = handle
         await self.send_json({"type": "start", "id": request.id, "model": spec.model_id})
         self._report_queue_position(request.id, handle)
-        await self._relay(request.id, handle)
+        await self._relay(request.id, handle, reader)
 
     def _report_queue_position(self, frame_id: str, handle: JobHandle) -> None:
         """A `queued` frame with the generation's place in the model's queue, each time it changes."""
@@ -197,11 +202,13 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         with contextlib.suppress(Exception):  # the socket closed meanwhile: nobody to tell
             await self.send_json({"type": "queued", "id": frame_id, "position": position})
 
-    async def _relay(self, frame_id: str, handle: JobHandle) -> None:
+    async def _relay(self, frame_id: str, handle: JobHandle, reader: ReplyReader | None) -> None:
         """Send tokens as they come, merged with whatever queued while the client was slow.
 
-        Backpressure: a reader so slow that WS_MAX_BACKLOG events pile up has its
-        generation cancelled (error `slow_consumer`) rather than buffered without bound.
+        A chat's reasoning goes in `reasoning` frames, its answer in `token` frames, and its
+        tool calls, once whole and valid, in the `done` frame. Backpressure: a reader so slow
+        that WS_MAX_BACKLOG events pile up has its generation cancelled (error
+        `slow_consumer`) rather than buffered without bound.
         """
         too_slow = False
         events = handle.events()
@@ -214,24 +221,34 @@ class GenerateConsumer(AsyncWebsocketConsumer):
                         error.admitted = True  # its usage row is closed as cancelled
                         await self._error(frame_id, error)
                     else:
-                        await self._finish(frame_id, event)
+                        await self._finish(frame_id, event, reader)
                     return
                 if handle.backlog > settings.WS_MAX_BACKLOG and not too_slow:
                     too_slow = True
                     handle.cancel()
                 text = event.text + "".join(t.text for t in handle.drain_tokens())
-                await self.send_json({"type": "token", "id": frame_id, "text": text})
+                await self._send_pieces(frame_id, reader.feed(text) if reader else [("content", text)])
         finally:
             await events.aclose()
 
-    async def _finish(self, frame_id: str, outcome: Outcome) -> None:
-        if outcome.status in ("completed", "cancelled"):
-            await self.send_json({
-                "type": "done", "id": frame_id, "finish_reason": outcome.finish_reason,
-                "usage": flow.usage_body(outcome), "timings": outcome.timings(),
-            })  # fmt: skip
-        else:
+    async def _send_pieces(self, frame_id: str, pieces: list[tuple[str, str]]) -> None:
+        for kind, text in pieces:
+            await self.send_json(
+                {"type": "reasoning" if kind == "reasoning" else "token", "id": frame_id, "text": text}
+            )
+
+    async def _finish(self, frame_id: str, outcome: Outcome, reader: ReplyReader | None) -> None:
+        if outcome.status not in ("completed", "cancelled"):
             await self._error(frame_id, flow.outcome_error(outcome))
+            return
+        finish = outcome.finish_reason
+        frame: dict[str, Any] = {"type": "done", "id": frame_id}
+        if reader is not None:
+            await self._send_pieces(frame_id, reader.finish())
+            if reader.calls:
+                frame["tool_calls"], finish = reader.calls, "tool_calls"
+        await self.send_json({**frame, "finish_reason": finish, "usage": flow.usage_body(outcome),
+                              "timings": outcome.timings()})  # fmt: skip
 
     async def _error(self, frame_id: str | None, error: APIError) -> None:
         if not error.admitted:
@@ -244,11 +261,3 @@ class GenerateConsumer(AsyncWebsocketConsumer):
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, ensure_ascii=False))
-
-
-def _schema(request: GenerateFrame) -> dict | None:
-    if request.response_format is None or request.response_format.type == "text":
-        return None
-    if request.response_format.type == "json_object":
-        return {}
-    return request.response_format.json_schema.schema_ or {}

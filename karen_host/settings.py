@@ -115,6 +115,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=2 * 1024
 
 # Models
 MODELS_DIR = Path(env.str("MODELS_DIR", default=str(BASE_DIR / "models"))).resolve()
+# llama.cpp's extra CPU buffer types (AMX matmul, weight repacking): "auto" turns them off on a CPU
+# with AMX, where llama.cpp's AMX matmul crashes the process (README, "Known issues"); "on", "off".
+LLAMA_EXTRA_BUFFERS = env.str("LLAMA_EXTRA_BUFFERS", default="auto")
+if LLAMA_EXTRA_BUFFERS not in ("auto", "on", "off"):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("LLAMA_EXTRA_BUFFERS is auto, on or off")
 MODEL_PROBE_TIMEOUT_S = env.int("MODEL_PROBE_TIMEOUT_S", default=120)
 MODEL_PROBE_MEMORY_MB = env.int("MODEL_PROBE_MEMORY_MB", default=0)  # 0: file size + 2 GiB
 

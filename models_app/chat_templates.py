@@ -110,6 +110,11 @@ def _strftime_now(fmt: str) -> str:
     return date.today().strftime(fmt)
 
 
+# What a request's `chat_template_kwargs` may not set: the template's inputs that come from elsewhere.
+RESERVED_VARIABLES = frozenset({"messages", "bos_token", "eos_token", "add_generation_prompt", "tools",
+                                "raise_exception", "strftime_now", "range"})  # fmt: skip
+
+
 @lru_cache(maxsize=32)
 def _compile(source: str) -> Any:
     # Lenient undefined on purpose: templates test optional keys such as `tools`.
@@ -128,12 +133,16 @@ def render_chat_template(
     eos_token: str = "",
     add_generation_prompt: bool = True,
     enable_thinking: bool | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_output_chars: int = DEFAULT_MAX_OUTPUT_CHARS,
 ) -> str:
     """The prompt text for `messages`, as the model was trained to see it; ChatTemplateError if it fails.
 
     `enable_thinking` is passed to templates that read it (Qwen3's); None leaves it undefined (their default).
+    `tools` are the request's tools as HF templates take them; `extra` adds variables (a request's
+    `chat_template_kwargs`, `reasoning_effort`), never over the ones set here.
     """
     _budget.timeout_s = timeout_s
     _budget.deadline = time.perf_counter() + timeout_s
@@ -141,12 +150,15 @@ def render_chat_template(
         template = _compile(source)
         parts: list[str] = []
         size = 0
-        context = {
+        context = {k: _wrap(v) for k, v in (extra or {}).items() if k not in RESERVED_VARIABLES}
+        context.update({
             "messages": _wrap(messages), "bos_token": bos_token, "eos_token": eos_token,
             "add_generation_prompt": add_generation_prompt,
-        }  # fmt: skip
+        })  # fmt: skip
         if enable_thinking is not None:
             context["enable_thinking"] = enable_thinking
+        if tools:
+            context["tools"] = _wrap(tools)
         for part in template.generate(**context):
             size += len(part)
             if size > max_output_chars:

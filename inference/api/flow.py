@@ -4,6 +4,7 @@ HTTP views (OpenAI and native) and the websocket consumer all come through here,
 auth, limits and metering have one code path.
 """
 
+import asyncio
 import json
 import time
 import uuid
@@ -111,6 +112,27 @@ async def submit(
         raise
 
 
+async def submit_choices(
+    *, principal: Principal, spec: ModelSpec, jobs: list[Job], endpoint: str, request_id: str, client: str | None
+) -> list[JobHandle]:
+    """`submit` each choice's job (its own slot, limits and usage row: `request_id`, then `request_id-1`, ...).
+
+    A refusal of any choice cancels the ones already queued: a request is answered whole or not at all.
+    """
+    handles: list[JobHandle] = []
+    try:
+        for i, job in enumerate(jobs):
+            row_id = request_id if i == 0 else f"{request_id}-{i}"
+            handle = await submit(principal=principal, spec=spec, job=job, endpoint=endpoint, request_id=row_id,
+                                  client=client)  # fmt: skip
+            handles.append(handle)
+    except BaseException:
+        for handle in handles:
+            handle.cancel()
+        raise
+    return handles
+
+
 def outcome_error(outcome: Outcome, request_id: str | None = None) -> APIError:
     """The APIError for a job that ended in error or timeout (admitted: its ending is already counted).
 
@@ -169,6 +191,69 @@ async def collect(handle: JobHandle, request_id: str) -> tuple[str, Outcome]:
         if not handle.outcome.done():
             handle.cancel()
     raise ServerError("The job ended without an outcome.")
+
+
+async def first_events(handles: list[JobHandle], request_id: str) -> list[AsyncIterator[Token | Outcome]]:
+    """`first_event` for each choice (all cancelled if one fails first), as whole event streams again."""
+    streams: list[AsyncIterator[Token | Outcome]] = []
+    try:
+        for handle in handles:
+            first, rest = await first_event(handle, request_id)
+            streams.append(_chain(first, rest))
+    except BaseException:
+        for handle in handles:
+            handle.cancel()
+        raise
+    return streams
+
+
+async def _chain(first: Token | None, rest: AsyncIterator[Token | Outcome]) -> AsyncIterator[Token | Outcome]:
+    if first is not None:
+        yield first
+    async for event in rest:
+        yield event
+
+
+async def merged(streams: list[AsyncIterator[Token | Outcome]]) -> AsyncIterator[tuple[int, Token | Outcome]]:
+    """(choice index, event) from several choices' streams as they come; one stream needs no task."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, Token | Outcome | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[Token | Outcome]) -> None:
+        try:
+            async for event in stream:
+                await queue.put((index, event))
+        finally:
+            await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        open_streams = len(streams)
+        while open_streams:
+            index, event = await queue.get()
+            if event is None:
+                open_streams -= 1
+            else:
+                yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()  # each stream's own cleanup cancels its job
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def collect_all(handles: list[JobHandle], request_id: str) -> list[tuple[str, Outcome]]:
+    """`collect` every choice at once; if one fails, the others are cancelled and its error raised."""
+    if len(handles) == 1:
+        return [await collect(handles[0], request_id)]
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(collect(handle, request_id)) for handle in handles]
+    except BaseExceptionGroup as failed:  # the first choice's error is the answer (a 4xx/5xx of its own)
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
 
 
 def sse_response(chunks: AsyncIterator[dict[str, Any]], request_id: str) -> StreamingHttpResponse:

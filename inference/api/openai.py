@@ -10,11 +10,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router
 
 from inference.api import flow
-from inference.api.errors import APIError, InvalidRequest
+from inference.api.chat import prepare_chat
+from inference.api.errors import APIError, InvalidRequest, NotFound
 from inference.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from inference.auth import BearerAuth
-from inference.engine import Token
-from models_app.selectors import servable_models
+from inference.engine import Outcome, Token
+from models_app.models import LLMModel
+from models_app.selectors import resolve_model, servable_models
 
 router = Router(tags=["OpenAI-compatible"])
 _ERRORS = {400: dict, 401: dict, 403: dict, 404: dict, 413: dict, 429: dict, 500: dict, 503: dict}
@@ -26,80 +28,147 @@ def _json(body: dict[str, Any], request_id: str) -> JsonResponse:
     return response
 
 
+def _model_entry(m: LLMModel, loaded: set[str]) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "object": "model",
+        "created": int(m.created_at.timestamp()),
+        "owned_by": "karen-host",
+        "name": m.name,
+        "loaded": m.id in loaded,
+        "context_length": m.context_length,
+        "quantization": m.quantization,
+        "aliases": [a.name for a in m.aliases.all()],  # the Ollama name first
+    }
+
+
+def _loaded() -> set[str]:
+    return {m["id"] for m in flow.get_engine().status()["loaded"]}
+
+
 @router.get("/models", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
 async def list_models(request: HttpRequest) -> dict[str, Any]:
     """The models this token may use, each once, with the other names it answers to in `aliases`."""
     principal = request.auth
-    loaded = {m["id"] for m in flow.get_engine().status()["loaded"]}
+    loaded = _loaded()
     models = [m for m in await sync_to_async(servable_models)() if principal.may_use(m.id)]
-    data = []
-    for m in models:
-        entry = {
-            "id": m.id,
-            "object": "model",
-            "created": int(m.created_at.timestamp()),
-            "owned_by": "karen-host",
-            "name": m.name,
-            "loaded": m.id in loaded,
-            "context_length": m.context_length,
-            "quantization": m.quantization,
-        }
-        data.append({**entry, "aliases": [a.name for a in m.aliases.all()]})  # the Ollama name first
-    return {"object": "list", "data": data}
+    return {"object": "list", "data": [_model_entry(m, loaded) for m in models]}
+
+
+def _servable_model(name: str) -> LLMModel:
+    model = resolve_model(name)
+    return LLMModel.objects.prefetch_related("aliases").get(pk=model.pk)
+
+
+@router.get("/models/{path:model}", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
+async def retrieve_model(request: HttpRequest, model: str) -> dict[str, Any]:
+    """One model by its id or an alias (the openai SDK's `models.retrieve`); 404 if it is not servable."""
+    try:
+        found = await sync_to_async(_servable_model)(model)
+    except LookupError as exc:
+        raise NotFound(str(exc), param="model", code="model_not_found") from exc
+    request.auth.require_model(found.id)
+    return _model_entry(found, _loaded())
 
 
 @router.post("/chat/completions", auth=BearerAuth("inference"), response={200: dict, **_ERRORS})
 async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponse:
-    """Chat with a model through its own chat template; `stream: true` for SSE."""
+    """Chat with a model through its own chat template: tools, reasoning, `n` choices; `stream: true` for SSE."""
     spec = await flow.resolve_spec(request.auth, body.model)
-    schema = None
-    if body.response_format and body.response_format.type == "json_object":
-        schema = {}
-    elif body.response_format and body.response_format.type == "json_schema":
-        schema = body.response_format.json_schema.schema_ or {}
-    messages = [
-        {"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)} for m in body.messages
-    ]
-    sampling = flow.build_sampling(body, spec, max_tokens=body.max_completion_tokens, json_schema=schema)
-    job = flow.make_job(spec, body, kind="chat", messages=messages, sampling=sampling)
+    setup = await prepare_chat(
+        spec, body, body.messages, tools=body.tools, tool_choice=body.tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls, response_format=body.response_format,
+        chat_template_kwargs=body.chat_template_kwargs, reasoning_effort=body.reasoning_effort,
+        max_tokens=body.max_completion_tokens,
+    )  # fmt: skip
     request_id = flow.new_request_id()
-    handle = await flow.submit(
-        principal=request.auth, spec=spec, job=job, endpoint="chat.completions",
+    handles = await flow.submit_choices(
+        principal=request.auth, spec=spec, jobs=setup.choice_jobs(body.n), endpoint="chat.completions",
         request_id=request_id, client=flow.client_address(request),
     )  # fmt: skip
     base = {"id": f"chatcmpl-{request_id[4:]}", "created": flow.now(), "model": spec.model_id}
     if not body.stream:
-        text, outcome = await flow.collect(handle, request_id)
-        message = {"role": "assistant", "content": text}
-        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": outcome.finish_reason}
+        results = await flow.collect_all(handles, request_id)
+        choices, reasoning_tokens = [], 0
+        for index, (text, outcome) in enumerate(results):
+            reader = setup.reader()
+            pieces = reader.feed(text) + reader.finish()
+            content = "".join(t for kind, t in pieces if kind == "content")
+            reasoning = "".join(t for kind, t in pieces if kind == "reasoning")
+            message: dict[str, Any] = {"role": "assistant", "content": content if content or not reader.calls else None}
+            if reasoning:
+                message["reasoning_content"] = reasoning
+                reasoning_tokens += _share(outcome.completion_tokens, reasoning, text)
+            if reader.calls:
+                message["tool_calls"] = reader.calls
+            finish = "tool_calls" if reader.calls else outcome.finish_reason
+            choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": finish})
+        outcomes = [outcome for _, outcome in results]
         return _json(
-            {**base, "object": "chat.completion", "choices": [choice], "usage": flow.usage_body(outcome),
-             "timings": outcome.timings()},
+            {**base, "object": "chat.completion", "choices": choices,
+             "usage": _usage(outcomes, reasoning_tokens), "timings": outcomes[0].timings()},
             request_id,
         )  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    first, rest = await flow.first_event(handle, request_id)
+    streams = await flow.first_events(handles, request_id)
     chunk = {**base, "object": "chat.completion.chunk", "system_fingerprint": None}
 
-    def delta(content: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        out = {**chunk, "choices": [{"index": 0, "delta": content, "logprobs": None, "finish_reason": finish}]}
+    def delta(index: int, content: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        out = {**chunk, "choices": [{"index": index, "delta": content, "logprobs": None, "finish_reason": finish}]}
         if include_usage:
             out["usage"] = None
         return out
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
-        yield delta({"role": "assistant", "content": first.text if first else ""})
-        async for event in rest:
+        readers = [setup.reader() for _ in handles]
+        seen = ["" for _ in handles]
+        reasoning = [0 for _ in handles]
+        outcomes: list[Outcome] = []
+        for index in range(len(handles)):
+            yield delta(index, {"role": "assistant", "content": ""})
+        async for index, event in flow.merged(streams):
+            reader = readers[index]
             if isinstance(event, Token):
-                yield delta({"content": event.text})
-            elif event.status != "completed":
+                seen[index] += event.text
+                for kind, text in reader.feed(event.text):
+                    yield delta(index, {"reasoning_content" if kind == "reasoning" else "content": text})
+                continue
+            if event.status != "completed":
                 yield _stream_error(flow.outcome_error(event))
-            else:
-                yield delta({}, event.finish_reason)
-                if include_usage:
-                    yield {**chunk, "choices": [], "usage": flow.usage_body(event)}
+                return
+            for kind, text in reader.finish():
+                yield delta(index, {"reasoning_content" if kind == "reasoning" else "content": text})
+            for i, call in enumerate(reader.calls):  # the id and name once, then the arguments
+                head = {"index": i, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+                yield delta(index, {"tool_calls": [head]})
+                yield delta(
+                    index, {"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]}
+                )
+            yield delta(index, {}, "tool_calls" if reader.calls else event.finish_reason)
+            reasoning[index] = _share(event.completion_tokens, "".join(reader.reasoning_parts), seen[index])
+            outcomes.append(event)
+        if include_usage:
+            yield {**chunk, "choices": [], "usage": _usage(outcomes, sum(reasoning))}
 
     return flow.sse_response(chunks(), request_id)
+
+
+def _share(tokens: int, part: str, whole: str) -> int:
+    """The tokens of `part` of an output of `tokens` tokens, by its share of the characters."""
+    return round(tokens * len(part) / len(whole)) if whole else 0
+
+
+def _usage(outcomes: list[Outcome], reasoning_tokens: int = 0) -> dict[str, Any]:
+    """One prompt (every choice reads it), every choice's completion; reasoning within it."""
+    prompt = outcomes[0].prompt_tokens if outcomes else 0
+    completion = sum(o.completion_tokens for o in outcomes)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+    }
 
 
 @router.post("/completions", auth=BearerAuth("inference"), response={200: dict, **_ERRORS})

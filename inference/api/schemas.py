@@ -4,6 +4,7 @@ Unknown fields are refused by name (400), except a few OpenAI fields that change
 nothing here (`user`, `metadata`, `store`, ...), which clients send routinely.
 """
 
+import json
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -11,7 +12,11 @@ from typing import Annotated, Any, Literal
 from django.conf import settings
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_IGNORED_OPENAI_FIELDS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key"}
+from models_app.chat_templates import RESERVED_VARIABLES
+
+_IGNORED_OPENAI_FIELDS = {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
+MAX_CHOICES = 8  # n: each choice is its own generation, in its own slot
+MAX_TEMPLATE_KWARGS_BYTES = 4096
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
@@ -111,6 +116,19 @@ def check_message_count(messages: list[Any]) -> list[Any]:
     return messages
 
 
+def check_template_kwargs(cls: type, value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`chat_template_kwargs`: a small object of template variables, none of those the server sets."""
+    if value is None:
+        return value
+    if len(json.dumps(value)) > MAX_TEMPLATE_KWARGS_BYTES:
+        raise ValueError(f"at most {MAX_TEMPLATE_KWARGS_BYTES} bytes of JSON")
+    for key in value:
+        if not key.isidentifier() or key in RESERVED_VARIABLES:
+            raise ValueError(f"{key[:40]!r} cannot be set: keys are template variables other than "
+                             f"{', '.join(sorted(RESERVED_VARIABLES))}")  # fmt: skip
+    return value
+
+
 class StreamOptions(Strict):
     include_usage: bool = False
 
@@ -138,11 +156,32 @@ class ContentPart(BaseModel):
     text: str
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str | dict[str, Any] = "{}"  # OpenAI sends JSON text; some clients send the object
+
+
+class MessageToolCall(BaseModel):
+    """A call an assistant made earlier, as the client sends it back in the history."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(default="", max_length=100)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # name, refusal, ... carry nothing for llama.cpp
+    model_config = ConfigDict(extra="ignore")  # refusal, audio, ... carry nothing for llama.cpp
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    name: str | None = Field(default=None, max_length=64)
+    tool_calls: Annotated[list[MessageToolCall], Field(max_length=64)] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=100)
+    reasoning_content: str | None = None  # an earlier answer's reasoning; templates that show it get it
 
 
 class _Generation(SamplingParams):
@@ -155,9 +194,9 @@ class _Generation(SamplingParams):
 
     @field_validator("n")
     @classmethod
-    def _one_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported; send n requests for n answers")
+    def _choices(cls, value: int) -> int:
+        if not 1 <= value <= MAX_CHOICES:
+            raise ValueError(f"n is 1 to {MAX_CHOICES} choices")
         return value
 
     @field_validator("logprobs")
@@ -168,24 +207,38 @@ class _Generation(SamplingParams):
         return value
 
 
+class ChosenFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: ChosenFunction
+
+
 class ChatCompletionRequest(_Generation):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None  # checked in the view, each named by its place (tools.parse_tools)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    modalities: list[Literal["text"]] | None = None  # text is all this server writes
 
     @field_validator("messages")
     @classmethod
     def _bounded_messages(cls, value: list[ChatMessage]) -> list[ChatMessage]:
         return check_message_count(value)
 
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if value:
-            raise ValueError("tool calling is not supported by this server")
-        return value
+    _template_kwargs = field_validator("chat_template_kwargs")(check_template_kwargs)
+
+    @model_validator(mode="after")
+    def _tool_choice_needs_tools(self) -> "ChatCompletionRequest":
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice 'required' or a named function needs 'tools'")
+        return self
 
 
 class CompletionRequest(_Generation):

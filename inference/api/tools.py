@@ -103,7 +103,7 @@ def instruction(tools: list[Tool]) -> str:
 _DATA_KEYWORDS = ("enum", "const", "default", "examples")  # values, not schemas: never rewritten
 
 
-def _hoisted(tool: Tool, defs: dict[str, Any]) -> dict[str, Any]:
+def hoisted(tool: Tool, defs: dict[str, Any]) -> dict[str, Any]:
     """The tool's parameters with its `$defs` moved into `defs` under its own prefix, and its `$ref`s to match.
 
     A tool's `$ref: "#/$defs/x"` points at the root of its own schema (pydantic writes them
@@ -136,14 +136,14 @@ def _hoisted(tool: Tool, defs: dict[str, Any]) -> dict[str, Any]:
     return rewrite(parameters)
 
 
-def reply_schema(tools: list[Tool], *, answer_allowed: bool = True) -> dict[str, Any]:
+def reply_schema(tools: list[Tool], *, answer_allowed: bool = True, max_calls: int = MAX_CALLS) -> dict[str, Any]:
     """The JSON schema the output is held to: calls of these tools, or (if allowed) an answer."""
     defs: dict[str, Any] = {}
-    arguments = {t.name: _hoisted(t, defs) for t in tools}
+    arguments = {t.name: hoisted(t, defs) for t in tools}
     calls = {
         "type": "array",
         "minItems": 1,
-        "maxItems": MAX_CALLS,  # a small model would otherwise add calls until its token limit
+        "maxItems": max_calls,  # a small model would otherwise add calls until its token limit
         "items": {
             "anyOf": [
                 {

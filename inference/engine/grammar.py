@@ -236,3 +236,24 @@ def schema_grammar(schema: dict[str, Any], bounds: SchemaBounds, param: str = SC
     # In the schema's own key order: the converter keeps it, so the model writes properties in the order
     # they were declared (and told), not alphabetically.
     return _convert(json.dumps(schema), bounds, param)
+
+
+FRAMED_ROOT = "framed-root-0"  # the converter names rules after properties: none is ever named so
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)  # a GBNF string literal escapes as JSON does
+
+
+def framed_grammar(grammar: str, open_: str, close: str, repeat: int) -> str:
+    """`grammar` with a root that frames its value: `open value close`, up to `repeat` times, one per line.
+
+    Unchanged without a frame. The value's own rules stay as they are, under its `root`.
+    """
+    if not open_ and not close and repeat <= 1:
+        return grammar
+    one = " ".join(
+        part for part in (_literal(open_) if open_ else "", "root", _literal(close) if close else "") if part
+    )
+    rule = f"{FRAMED_ROOT} ::= {one}" + (f' ("\\n" {one}){{0,{repeat - 1}}}' if repeat > 1 else "")
+    return f"{grammar}\n{rule}\n"

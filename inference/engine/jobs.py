@@ -36,6 +36,14 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     logit_bias: dict[int, float] = field(default_factory=dict)
     json_schema: dict[str, Any] | None = None  # a schema, or {} for any JSON object
+    # Tool-call formats: each JSON value the schema allows is framed by these literals, up to
+    # `grammar_repeat` times (one per line). With `grammar_trigger` (a regex) the grammar is
+    # lazy, llama.cpp's way: free text until the trigger matches, held by the grammar from
+    # the trigger's first group (or the whole match) on.
+    grammar_open: str = ""
+    grammar_close: str = ""
+    grammar_repeat: int = 1
+    grammar_trigger: str = ""
     max_tokens: int = 256
 
 
@@ -59,6 +67,8 @@ class Job:
     prompt: str = ""
     inputs: list[str] = field(default_factory=list)  # embeddings
     enable_thinking: bool | None = None  # chat: the template's `enable_thinking` (None: undefined, its default)
+    tools: list[dict[str, Any]] | None = None  # chat: the tools the template itself renders (HF's `tools`)
+    template_kwargs: dict[str, Any] = field(default_factory=dict)  # chat: more variables for the template
     truncate: bool = False  # embeddings: cut an input to the context instead of refusing it (Ollama's `truncate`)
     sampling: Sampling = field(default_factory=Sampling)
     # Seconds to stay loaded after this request: None forever, -1.0 the pool's default.

@@ -17,7 +17,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-from inference.engine.grammar import SchemaRefused, schema_grammar
+from inference.engine.grammar import FRAMED_ROOT, SchemaRefused, framed_grammar, schema_grammar
 from inference.engine.jobs import Job, RequestBounds, Sampling
 from inference.engine.spec import ModelSpec
 from models_app.chat_templates import ChatTemplateError, render_chat_template
@@ -110,6 +110,26 @@ def _message_text(content: Any) -> str:
     return "".join(part.get("text", "") for part in content or [] if part.get("type") == "text")
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(line.startswith("flags") and "amx_int8" in line.split() for line in cpuinfo)
+    except OSError:
+        return False
+
+
+def extra_buffers(choice: str) -> bool:
+    """Whether llama.cpp may put weights in its extra CPU buffer types (AMX, repacked layouts).
+
+    "auto": not on a CPU with AMX. llama.cpp's AMX matmul (llama-cpp-python 0.3.36) ends the
+    process with SIGSEGV at the first decode there (seen on a Sapphire Rapids VM with the
+    bundled Q4_1 model); without the extra buffers the same CPU runs its AVX-512 kernels.
+    """
+    if choice == "auto":
+        return not _cpu_has_amx()
+    return choice == "on"
+
+
 def _threads(configured: int | None) -> int:
     # llama-cpp-python's own default is half the cores; a server wants them all.
     return configured or len(os.sched_getaffinity(0))
@@ -126,6 +146,7 @@ class LlamaRunner:
         mparams.n_gpu_layers = kw["n_gpu_layers"]
         mparams.use_mmap = kw["use_mmap"]
         mparams.use_mlock = kw["use_mlock"]
+        mparams.use_extra_bufts = extra_buffers(kw.get("extra_buffers", "auto"))
         self.model = _internals.LlamaModel(path_model=spec.path, params=mparams, verbose=False)
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = kw["n_ctx"]
@@ -161,7 +182,13 @@ class LlamaRunner:
 
     # -- prompts ---------------------------------------------------------------------
     def render_chat(
-        self, messages: list[dict[str, Any]], bounds: RequestBounds | None = None, enable_thinking: bool | None = None
+        self,
+        messages: list[dict[str, Any]],
+        bounds: RequestBounds | None = None,
+        enable_thinking: bool | None = None,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> str:
         """The prompt for `messages` through the model's own template (sandboxed)."""
         if not self.spec.chat_template:
@@ -177,7 +204,7 @@ class LlamaRunner:
         try:
             return render_chat_template(
                 self.spec.chat_template, messages, bos_token=self.spec.bos_token, eos_token=self.spec.eos_token,
-                enable_thinking=enable_thinking, timeout_s=bounds.template_timeout_s,
+                enable_thinking=enable_thinking, tools=tools, extra=extra, timeout_s=bounds.template_timeout_s,
                 max_output_chars=bounds.template_max_chars,
             )  # fmt: skip
         except ChatTemplateError as exc:
@@ -185,7 +212,11 @@ class LlamaRunner:
 
     def tokenize_prompt(self, job: Job, bounds: RequestBounds | None = None) -> list[int]:
         """Prompt tokens for a chat or completion job; raise PromptError if they do not fit."""
-        text = self.render_chat(job.messages, bounds, job.enable_thinking) if job.kind == "chat" else job.prompt
+        if job.kind == "chat":
+            text = self.render_chat(job.messages, bounds, job.enable_thinking, tools=job.tools,
+                                    extra=job.template_kwargs)  # fmt: skip
+        else:
+            text = job.prompt
         add_bos = self.spec.add_bos and not (self.spec.bos_token and text.startswith(self.spec.bos_token))
         param = "messages" if job.kind == "chat" else "prompt"
         tokens = self.model.tokenize(utf8(text, param), add_bos=add_bos, special=True)
@@ -227,7 +258,10 @@ class LlamaRunner:
         grammar = None
         if sampling.json_schema is not None:
             try:
-                grammar = schema_grammar(sampling.json_schema, bounds.schema)
+                grammar = framed_grammar(
+                    schema_grammar(sampling.json_schema, bounds.schema), sampling.grammar_open,
+                    sampling.grammar_close, sampling.grammar_repeat,
+                )  # fmt: skip
             except SchemaRefused as exc:
                 raise PromptError(str(exc), param=exc.param, code="unsupported_schema") from exc
         seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
@@ -248,7 +282,7 @@ class LlamaRunner:
             sampling.presence_penalty,
         )  # fmt: skip
         if grammar is not None:
-            compiled = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+            compiled = self._grammar_sampler(grammar, sampling.grammar_trigger)
             if not compiled:  # llama.cpp could not parse it: the schema's fault, said before admission
                 sampler.close()
                 raise PromptError(
@@ -268,6 +302,16 @@ class LlamaRunner:
             sampler.add_temp(sampling.temperature)
             sampler.add_dist(seed & 0xFFFFFFFF)  # llama.cpp takes 32 bits; any int a client sends maps into them
         return sampler
+
+    def _grammar_sampler(self, grammar: str, trigger: str) -> Any:
+        """llama.cpp's grammar sampler; lazy (free until `trigger` matches) when a trigger is given."""
+        root = FRAMED_ROOT.encode() if FRAMED_ROOT + " ::=" in grammar else b"root"
+        if not trigger:
+            return llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), root)
+        patterns = (ctypes.c_char_p * 1)(trigger.encode())
+        return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+            self.vocab, grammar.encode(), root, patterns, 1, None, 0
+        )
 
     # -- decoding (scheduler thread only) ------------------------------------------------
     def sample(self, sampler: _internals.LlamaSampler | GreedyArgmax, index: int) -> int:

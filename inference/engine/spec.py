@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+
 from models_app.models import LLMModel, ModelConfig
 
 _KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -75,6 +77,7 @@ class ModelSpec:
                 "rope_freq_scale": config.rope_freq_scale,
                 "cache_type_k": config.cache_type_k,
                 "cache_type_v": config.cache_type_v,
+                "extra_buffers": settings.LLAMA_EXTRA_BUFFERS,  # "auto" is decided where the model loads
             },
             defaults={
                 "temperature": config.temperature,

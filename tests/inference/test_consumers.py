@@ -1,6 +1,7 @@
 """The websocket protocol at /ws/v1/generate, driven with Channels' WebsocketCommunicator."""
 
 import asyncio
+import json
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -188,4 +189,41 @@ async def test_token_without_inference_scope_gets_an_error_frame(admin_user, sma
     assert connected
     await comm.send_json_to(generate("a", small_model.id))
     assert (await comm.receive_json_from(timeout=60))["error"]["code"] == "insufficient_scope"
+    await comm.disconnect()
+
+
+async def test_a_required_tool_call_comes_whole_in_the_done_frame(secret, small_model):
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "maxLength": 20}},
+                "required": ["city"],
+            },
+        },
+    }
+    comm = communicator(secret)
+    await comm.connect()
+    await comm.send_json_to(generate("t", small_model.id, tools=[weather], tool_choice="required",
+                                     parallel_tool_calls=False, max_tokens=120, temperature=0))  # fmt: skip
+    frames = await until(comm, "done", "t")
+    done = frames[-1]
+    assert done["finish_reason"] == "tool_calls", frames
+    [call] = done["tool_calls"]
+    assert call["function"]["name"] == "get_weather" and call["id"].startswith("call_")
+    assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+    assert not [f for f in frames if f["type"] == "token"]  # the call's JSON is not also sent as text
+    await comm.disconnect()
+
+
+async def test_tools_with_a_prompt_are_refused_naming_the_field(secret, small_model):
+    comm = communicator(secret)
+    await comm.connect()
+    await comm.send_json_to({"type": "generate", "id": "p", "model": small_model.id, "prompt": "Hi",
+                             "tools": [{"type": "function", "function": {"name": "f"}}]})  # fmt: skip
+    [error] = await until(comm, "error", "p")
+    assert error["error"]["code"] in ("invalid_request_error", "invalid_value") or error["error"]["message"]
+    assert "messages" in error["error"]["message"]
     await comm.disconnect()

@@ -85,7 +85,7 @@ def test_invalid_json_is_400(live):
         ({"max_tokens": -1}, "max_tokens"),
         ({"temperature": 9}, "temperature"),
         ({"messages": "hello"}, "messages"),
-        ({"n": 2}, "n"),
+        ({"n": 9}, "n"),
         ({"frobnicate": True}, "frobnicate"),
         ({"logprobs": True}, "logprobs"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),

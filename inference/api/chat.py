@@ -1,0 +1,110 @@
+"""A chat request made ready for the engine: tools, reasoning and template variables, for /v1 and the websocket.
+
+Both surfaces send the same fields (`tools`, `tool_choice`, `parallel_tool_calls`,
+`chat_template_kwargs`, `reasoning_effort`, `response_format`) and read the reply the
+same way (a `ReplyReader` per choice), so both come through `prepare_chat`.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from inference.api import flow
+from inference.api.errors import InvalidRequest
+from inference.api.schemas import ChatMessage, ResponseFormat, SamplingParams
+from inference.api.thinking import ThinkingSplitter, opens_thinking
+from inference.api.tool_formats import Plan, ReplyReader, plan_for
+from inference.engine import Job
+from inference.engine.spec import ModelSpec
+from models_app.chat_templates import supports_thinking
+
+
+@dataclass
+class ChatSetup:
+    job: Job
+    plan: Plan
+    split_thinking: bool  # the template marks reasoning with <think>: it goes apart from the answer
+    inside_thinking: bool  # the prompt opens <think>: the output starts inside it
+
+    def reader(self) -> ReplyReader:
+        splitter = ThinkingSplitter(inside=self.inside_thinking) if self.split_thinking else None
+        return ReplyReader(self.plan, splitter)
+
+    def choice_jobs(self, n: int) -> list[Job]:
+        """The job once per choice; with a seed, choice i samples with seed + i (n answers, not n copies)."""
+        jobs = [self.job]
+        for i in range(1, n):
+            sampling = dataclasses.replace(self.job.sampling)
+            if sampling.seed is not None:
+                sampling.seed += i
+            jobs.append(dataclasses.replace(self.job, id=Job(model_id="", kind="chat").id, sampling=sampling))
+        return jobs
+
+
+def response_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None:
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return {}
+    return response_format.json_schema.schema_ or {}
+
+
+def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as the template reads them: `developer` is a system message; unset fields are left out."""
+    out = []
+    for m in messages:
+        data = m.model_dump(exclude_none=True)
+        if m.role == "developer":
+            data["role"] = "system"
+        data.setdefault("content", "")
+        out.append(data)
+    return out
+
+
+async def prepare_chat(
+    spec: ModelSpec,
+    body: SamplingParams,
+    messages: list[ChatMessage],
+    *,
+    tools: list[Any] | None = None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool = True,
+    response_format: ResponseFormat | None = None,
+    chat_template_kwargs: dict[str, Any] | None = None,
+    reasoning_effort: str | None = None,
+    max_tokens: int | None = None,
+) -> ChatSetup:
+    """The job and the reply's reading for one chat request; InvalidRequest naming the field."""
+    if isinstance(tool_choice, BaseModel):
+        tool_choice = tool_choice.model_dump()
+    plan = plan_for(spec.chat_template, tools, tool_choice, parallel=parallel_tool_calls)
+    schema = response_schema(response_format)
+    if plan.active and schema is not None:
+        raise InvalidRequest("response_format and tools both shape the reply; send one of them",
+                             param="response_format", code="invalid_value")  # fmt: skip
+    variables = dict(chat_template_kwargs or {})
+    enable_thinking = variables.pop("enable_thinking", None)
+    if enable_thinking is not None and not isinstance(enable_thinking, bool):
+        raise InvalidRequest("enable_thinking is true or false", param="chat_template_kwargs.enable_thinking",
+                             code="invalid_value")  # fmt: skip
+    if reasoning_effort is not None:
+        variables.setdefault("reasoning_effort", reasoning_effort)  # gpt-oss's template reads it
+        if reasoning_effort == "none" and enable_thinking is None:
+            enable_thinking = False
+    split = supports_thinking(spec.chat_template)
+    if split and plan.strict and enable_thinking is None:
+        enable_thinking = False  # a call is due at once: the grammar leaves no room for thinking
+    inside = split and await opens_thinking(spec.chat_template, spec.bos_token, spec.eos_token, enable_thinking)
+    if plan.strict and inside:
+        raise InvalidRequest("this model's template opens its thinking even with enable_thinking false, and "
+                             "tool_choice 'required' (or a named function) leaves no room for it: use 'auto'",
+                             param="tool_choice", code="unsupported_feature")  # fmt: skip
+    sampling = flow.build_sampling(body, spec, max_tokens=max_tokens, json_schema=schema)
+    plan.constrain(sampling, thinking=("inside" if inside else "maybe") if split else "")
+    job = flow.make_job(
+        spec, body, kind="chat", sampling=sampling, messages=plan.messages(message_dicts(messages), spec.system_prompt),
+        tools=plan.template_tools(), template_kwargs=variables, enable_thinking=enable_thinking,
+    )  # fmt: skip
+    return ChatSetup(job, plan, split, inside)

@@ -2,7 +2,7 @@
 
 from ninja import NinjaAPI
 
-from inference.api import native, ollama, ollama_models, openai
+from inference.api import native, ollama, ollama_models, openai, tokenizer
 from inference.api.errors import install_error_handlers, ollama_error_response
 
 v1_api = NinjaAPI(
@@ -13,10 +13,12 @@ v1_api = NinjaAPI(
     description="Authenticate with `Authorization: Bearer khk_...`.",
 )
 v1_api.add_router("/", openai.router)
+v1_api.add_router("/", tokenizer.v1_router)
 install_error_handlers(v1_api)
 
 native_api = NinjaAPI(title="karen-host native API", version="1", urls_namespace="native", docs_url="/native/docs")
 native_api.add_router("/", native.router)
+native_api.add_router("/", tokenizer.native_router)
 install_error_handlers(native_api)
 
 ollama_api = NinjaAPI(

@@ -6,6 +6,7 @@ same way (a `ReplyReader` per choice), so both come through `prepare_chat`.
 """
 
 import dataclasses
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,15 +33,16 @@ class ChatSetup:
         splitter = ThinkingSplitter(inside=self.inside_thinking) if self.split_thinking else None
         return ReplyReader(self.plan, splitter)
 
-    def choice_jobs(self, n: int) -> list[Job]:
-        """The job once per choice; with a seed, choice i samples with seed + i (n answers, not n copies)."""
-        jobs = [self.job]
-        for i in range(1, n):
-            sampling = dataclasses.replace(self.job.sampling)
-            if sampling.seed is not None:
-                sampling.seed += i
-            jobs.append(dataclasses.replace(self.job, id=Job(model_id="", kind="chat").id, sampling=sampling))
-        return jobs
+
+def choice_jobs(job: Job, n: int) -> list[Job]:
+    """The job once per choice; with a seed, choice i samples with seed + i (n answers, not n copies)."""
+    jobs = [job]
+    for i in range(1, n):
+        sampling = dataclasses.replace(job.sampling)
+        if sampling.seed is not None:
+            sampling.seed += i
+        jobs.append(dataclasses.replace(job, id=uuid.uuid4().hex, sampling=sampling))
+    return jobs
 
 
 def response_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None:

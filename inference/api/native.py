@@ -93,7 +93,7 @@ async def unload_model(request: HttpRequest, model_id: str) -> dict[str, Any]:
     return {"status": "success" if unloaded else "not_loaded", "model_id": model_id}
 
 
-async def _default_model_id(principal: Principal) -> str:
+async def default_model_id(principal: Principal) -> str:
     """The most recently used loaded model the token may use, else the first servable one."""
     loaded = flow.engine_status_for(principal)["loaded"]
     if loaded:
@@ -108,7 +108,7 @@ async def _default_model_id(principal: Principal) -> str:
 @router.post("/inference", auth=BearerAuth("inference"), response={200: dict, **_ERRORS})
 async def inference(request: HttpRequest, body: NativeInferenceRequest) -> HttpResponse:
     """Answer `prompt` as a user message with the current (or named) model."""
-    model_id = body.model_id or await _default_model_id(request.auth)
+    model_id = body.model_id or await default_model_id(request.auth)
     spec = await flow.resolve_spec(request.auth, model_id)
     messages = [{"role": "system", "content": body.system_prompt}] if body.system_prompt else []
     messages.append({"role": "user", "content": body.prompt})
@@ -179,7 +179,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
 @router.get("/karen/config", auth=BearerAuth("models:read"), response={200: dict, **_ERRORS})
 async def karen_config(request: HttpRequest) -> dict[str, Any]:
     """What KAREN should use: the default model, its sampling defaults and the endpoints."""
-    model_id = await _default_model_id(request.auth)
+    model_id = await default_model_id(request.auth)
     try:
         model = await sync_to_async(resolve_model)(model_id)
     except LookupError as exc:

@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router
 
 from inference.api import flow
-from inference.api.chat import prepare_chat
+from inference.api.chat import choice_jobs, prepare_chat
 from inference.api.errors import APIError, InvalidRequest, NotFound
 from inference.api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from inference.auth import BearerAuth
@@ -83,7 +83,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     )  # fmt: skip
     request_id = flow.new_request_id()
     handles = await flow.submit_choices(
-        principal=request.auth, spec=spec, jobs=setup.choice_jobs(body.n), endpoint="chat.completions",
+        principal=request.auth, spec=spec, jobs=choice_jobs(setup.job, body.n), endpoint="chat.completions",
         request_id=request_id, client=flow.client_address(request),
     )  # fmt: skip
     base = {"id": f"chatcmpl-{request_id[4:]}", "created": flow.now(), "model": spec.model_id}
@@ -159,55 +159,63 @@ def _share(tokens: int, part: str, whole: str) -> int:
     return round(tokens * len(part) / len(whole)) if whole else 0
 
 
-def _usage(outcomes: list[Outcome], reasoning_tokens: int = 0) -> dict[str, Any]:
-    """One prompt (every choice reads it), every choice's completion; reasoning within it."""
-    prompt = outcomes[0].prompt_tokens if outcomes else 0
+def _usage(outcomes: list[Outcome], reasoning_tokens: int | None = None, *, per_prompt: int = 0) -> dict[str, Any]:
+    """Each prompt once (its `per_prompt` choices read the same one; 0: all of them do), every completion."""
+    step = per_prompt or max(len(outcomes), 1)
+    prompt = sum(o.prompt_tokens for o in outcomes[::step])
     completion = sum(o.completion_tokens for o in outcomes)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
-    }
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}  # fmt: skip
+    if reasoning_tokens is not None:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return usage
 
 
 @router.post("/completions", auth=BearerAuth("inference"), response={200: dict, **_ERRORS})
 async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResponse:
-    """Continue a raw prompt (no chat template); `stream: true` for SSE."""
+    """Continue raw prompts (text or token ids, no chat template), `n` choices each; `stream: true` for SSE."""
     spec = await flow.resolve_spec(request.auth, body.model)
-    prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
-    job = flow.make_job(spec, body, kind="completion", prompt=prompt, sampling=flow.build_sampling(body, spec))
+    jobs = []
+    for prompt in body.prompts():  # choice index = prompt index * n + choice (OpenAI's order)
+        text = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_tokens": prompt}
+        job = flow.make_job(spec, body, kind="completion", sampling=flow.build_sampling(body, spec), **text)
+        jobs += choice_jobs(job, body.n)
     request_id = flow.new_request_id()
-    handle = await flow.submit(
-        principal=request.auth, spec=spec, job=job, endpoint="completions",
+    handles = await flow.submit_choices(
+        principal=request.auth, spec=spec, jobs=jobs, endpoint="completions",
         request_id=request_id, client=flow.client_address(request),
     )  # fmt: skip
     base = {"id": f"cmpl-{request_id[4:]}", "object": "text_completion", "created": flow.now(), "model": spec.model_id}
     if not body.stream:
-        text, outcome = await flow.collect(handle, request_id)
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": outcome.finish_reason}
-        return _json({**base, "choices": [choice], "usage": flow.usage_body(outcome)}, request_id)
+        results = await flow.collect_all(handles, request_id)
+        choices = [
+            {"index": i, "text": text, "logprobs": None, "finish_reason": outcome.finish_reason}
+            for i, (text, outcome) in enumerate(results)
+        ]
+        return _json({**base, "choices": choices, "usage": _usage([o for _, o in results], per_prompt=body.n)},
+                     request_id)  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    first, rest = await flow.first_event(handle, request_id)
+    streams = await flow.first_events(handles, request_id)
 
-    def piece(text: str, finish: str | None = None) -> dict[str, Any]:
-        out = {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+    def piece(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
+        out = {**base, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
         if include_usage:
             out["usage"] = None
         return out
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
-        if first:
-            yield piece(first.text)
-        async for event in rest:
+        outcomes: dict[int, Outcome] = {}
+        async for index, event in flow.merged(streams):
             if isinstance(event, Token):
-                yield piece(event.text)
+                yield piece(index, event.text)
             elif event.status != "completed":
                 yield _stream_error(flow.outcome_error(event))
+                return
             else:
-                yield piece("", event.finish_reason)
-                if include_usage:
-                    yield {**base, "choices": [], "usage": flow.usage_body(event)}
+                outcomes[index] = event
+                yield piece(index, "", event.finish_reason)
+        if include_usage:
+            yield {**base, "choices": [], "usage": _usage([outcomes[i] for i in sorted(outcomes)], per_prompt=body.n)}
 
     return flow.sse_response(chunks(), request_id)
 
@@ -216,7 +224,8 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
 async def embeddings(request: HttpRequest, body: EmbeddingRequest) -> HttpResponse:
     """Mean-pooled, L2-normalized embeddings; `encoding_format` float or base64 (float32)."""
     spec = await flow.resolve_spec(request.auth, body.model)
-    inputs = [body.input] if isinstance(body.input, str) else body.input
+    single = isinstance(body.input, str) or isinstance(body.input[0], int)
+    inputs = [body.input] if single else list(body.input)
     if any(not text for text in inputs):
         raise InvalidRequest("Every input must be a non-empty string.", param="input", code="empty_input")
     job = flow.make_job(spec, body, kind="embedding", inputs=inputs)

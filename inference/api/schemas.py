@@ -17,6 +17,7 @@ from models_app.chat_templates import RESERVED_VARIABLES
 _IGNORED_OPENAI_FIELDS = {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
 MAX_CHOICES = 8  # n: each choice is its own generation, in its own slot
 MAX_TEMPLATE_KWARGS_BYTES = 4096
+MAX_TOKEN_IDS = 131072  # one prompt or input as token ids (the model's context is the real bound)
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
@@ -241,10 +242,32 @@ class ChatCompletionRequest(_Generation):
         return self
 
 
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_TOKEN_IDS)]
+
+
 class CompletionRequest(_Generation):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    # text, token ids, or several of either: each prompt is its own choice (n each)
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_CHOICES)]
+    )
     echo: bool = False
     suffix: str | None = None
+
+    @model_validator(mode="after")
+    def _bounded_choices(self) -> "CompletionRequest":
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise ValueError(f"prompts times n is at most {MAX_CHOICES} choices")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: a text or a list of token ids."""
+        if isinstance(self.prompt, str) or (self.prompt and isinstance(self.prompt[0], int)):
+            return [self.prompt]
+        return list(self.prompt)
 
     @field_validator("echo")
     @classmethod
@@ -263,7 +286,13 @@ class CompletionRequest(_Generation):
 
 class EmbeddingRequest(Strict):
     model: str = Field(min_length=1, max_length=200)
-    input: str | Annotated[list[str], Field(min_length=1, max_length=256)]
+    # text, texts, token ids (what LangChain's OpenAIEmbeddings sends), or lists of token ids
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=256)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=256)]
+    )
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     keep_alive: KeepAlive = None

@@ -54,7 +54,12 @@ class EmbeddingWorker:
         """The tokens of each input; PromptError if one is too long (the request's worker thread)."""
         spec = self.runner.spec
         tokenize = self.runner.model.tokenize
-        inputs = [tokenize(utf8(text, "input"), add_bos=spec.add_bos, special=True) for text in job.inputs]
+        inputs = [
+            self.runner.checked_ids(text, "input")
+            if isinstance(text, list)
+            else tokenize(utf8(text, "input"), add_bos=spec.add_bos, special=True)
+            for text in job.inputs
+        ]
         if job.truncate:
             return [tokens[: self.n_ctx] for tokens in inputs]
         for i, tokens in enumerate(inputs):

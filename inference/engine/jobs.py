@@ -65,7 +65,8 @@ class Job:
     kind: JobKind
     messages: list[dict[str, Any]] = field(default_factory=list)
     prompt: str = ""
-    inputs: list[str] = field(default_factory=list)  # embeddings
+    prompt_tokens: list[int] = field(default_factory=list)  # completion: token ids instead of `prompt`
+    inputs: list[str | list[int]] = field(default_factory=list)  # embeddings: texts or token ids
     enable_thinking: bool | None = None  # chat: the template's `enable_thinking` (None: undefined, its default)
     tools: list[dict[str, Any]] | None = None  # chat: the tools the template itself renders (HF's `tools`)
     template_kwargs: dict[str, Any] = field(default_factory=dict)  # chat: more variables for the template

@@ -110,6 +110,37 @@ def _message_text(content: Any) -> str:
     return "".join(part.get("text", "") for part in content or [] if part.get("type") == "text")
 
 
+def render_prompt(
+    spec: ModelSpec,
+    messages: list[dict[str, Any]],
+    bounds: RequestBounds | None = None,
+    enable_thinking: bool | None = None,
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+    add_generation_prompt: bool = True,
+) -> str:
+    """The prompt `spec`'s own chat template (sandboxed) makes of `messages`, its system prompt added if none is."""
+    if not spec.chat_template:
+        raise PromptError(
+            f"{spec.model_id} has no chat template; send a raw prompt to /v1/completions instead.",
+            param="model",
+            code="no_chat_template",
+        )
+    messages = [{**m, "content": _message_text(m.get("content"))} for m in messages]
+    if spec.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": spec.system_prompt})
+    bounds = bounds or RequestBounds()
+    try:
+        return render_chat_template(
+            spec.chat_template, messages, bos_token=spec.bos_token, eos_token=spec.eos_token,
+            add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking, tools=tools, extra=extra,
+            timeout_s=bounds.template_timeout_s, max_output_chars=bounds.template_max_chars,
+        )  # fmt: skip
+    except ChatTemplateError as exc:
+        raise PromptError(str(exc), param="messages", code="chat_template_error") from exc
+
+
 def _cpu_has_amx() -> bool:
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -191,35 +222,21 @@ class LlamaRunner:
         extra: dict[str, Any] | None = None,
     ) -> str:
         """The prompt for `messages` through the model's own template (sandboxed)."""
-        if not self.spec.chat_template:
-            raise PromptError(
-                f"{self.spec.model_id} has no chat template; send a raw prompt to /v1/completions instead.",
-                param="model",
-                code="no_chat_template",
-            )
-        messages = [{**m, "content": _message_text(m.get("content"))} for m in messages]
-        if self.spec.system_prompt and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": self.spec.system_prompt})
-        bounds = bounds or RequestBounds()
-        try:
-            return render_chat_template(
-                self.spec.chat_template, messages, bos_token=self.spec.bos_token, eos_token=self.spec.eos_token,
-                enable_thinking=enable_thinking, tools=tools, extra=extra, timeout_s=bounds.template_timeout_s,
-                max_output_chars=bounds.template_max_chars,
-            )  # fmt: skip
-        except ChatTemplateError as exc:
-            raise PromptError(str(exc), param="messages", code="chat_template_error") from exc
+        return render_prompt(self.spec, messages, bounds, enable_thinking, tools=tools, extra=extra)
 
     def tokenize_prompt(self, job: Job, bounds: RequestBounds | None = None) -> list[int]:
         """Prompt tokens for a chat or completion job; raise PromptError if they do not fit."""
-        if job.kind == "chat":
-            text = self.render_chat(job.messages, bounds, job.enable_thinking, tools=job.tools,
-                                    extra=job.template_kwargs)  # fmt: skip
-        else:
-            text = job.prompt
-        add_bos = self.spec.add_bos and not (self.spec.bos_token and text.startswith(self.spec.bos_token))
         param = "messages" if job.kind == "chat" else "prompt"
-        tokens = self.model.tokenize(utf8(text, param), add_bos=add_bos, special=True)
+        if job.kind == "completion" and job.prompt_tokens:
+            tokens = self.checked_ids(job.prompt_tokens, param)  # as sent: no BOS added
+        else:
+            if job.kind == "chat":
+                text = self.render_chat(job.messages, bounds, job.enable_thinking, tools=job.tools,
+                                        extra=job.template_kwargs)  # fmt: skip
+            else:
+                text = job.prompt
+            add_bos = self.spec.add_bos and not (self.spec.bos_token and text.startswith(self.spec.bos_token))
+            tokens = self.model.tokenize(utf8(text, param), add_bos=add_bos, special=True)
         if not tokens:
             raise PromptError("The prompt is empty.", param=param, code="empty_prompt")
         if len(tokens) >= self.n_ctx_slot:
@@ -231,6 +248,14 @@ class LlamaRunner:
                 code="context_length_exceeded",
             )
         return tokens
+
+    def checked_ids(self, tokens: list[int], param: str) -> list[int]:
+        """Token ids a client sent, each one this model's vocabulary has; PromptError naming the field."""
+        for token in tokens:
+            if not 0 <= token < self.n_vocab:
+                raise PromptError(f"{param} holds token {token}, which {self.spec.model_id}'s vocabulary does not "
+                                  f"have (ids 0-{self.n_vocab - 1})", param=param, code="invalid_value")  # fmt: skip
+        return list(tokens)
 
     def prepare(self, job: Job, bounds: RequestBounds) -> Prepared:
         """Check a generation job against this model and build its sampler; PromptError naming the field.

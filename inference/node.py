@@ -59,7 +59,9 @@ class CountingJobHandle(JobHandle):
 
     def _handoff(self, event: Token | Outcome) -> None:
         # JobHandle hands held text over here (worker thread), all of it up to `produced`.
-        super()._handoff(CountedToken(event.text, self.produced) if isinstance(event, Token) else event)
+        if isinstance(event, Token):
+            event = CountedToken(event.text, event.logprobs, self.produced)
+        super()._handoff(event)
 
 
 @dataclass(eq=False)
@@ -199,8 +201,11 @@ class InferenceNodeConsumer(AsyncConsumer):
                     await self._send(reply_to, {"type": wire.DONE, "id": job_id, "outcome": wire.encode_outcome(event)})
                     return
                 batch = [event, *handle.drain_tokens()]
-                text = "".join(token.text for token in batch)
-                await self._send(reply_to, {"type": wire.TOKEN, "id": job_id, "text": text, "n": batch[-1].count})
+                message = {"type": wire.TOKEN, "id": job_id, "text": "".join(token.text for token in batch),
+                           "n": batch[-1].count}  # fmt: skip
+                if any(token.logprobs for token in batch):
+                    message["logprobs"] = [entry for token in batch for entry in token.logprobs or []]
+                await self._send(reply_to, message)
         finally:
             await events.aclose()  # cancels the job if it has not ended
 

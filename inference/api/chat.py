@@ -77,6 +77,7 @@ async def prepare_chat(
     chat_template_kwargs: dict[str, Any] | None = None,
     reasoning_effort: str | None = None,
     max_tokens: int | None = None,
+    n_probs: int = -1,
 ) -> ChatSetup:
     """The job and the reply's reading for one chat request; InvalidRequest naming the field."""
     if isinstance(tool_choice, BaseModel):
@@ -103,7 +104,7 @@ async def prepare_chat(
         raise InvalidRequest("this model's template opens its thinking even with enable_thinking false, and "
                              "tool_choice 'required' (or a named function) leaves no room for it: use 'auto'",
                              param="tool_choice", code="unsupported_feature")  # fmt: skip
-    sampling = flow.build_sampling(body, spec, max_tokens=max_tokens, json_schema=schema)
+    sampling = flow.build_sampling(body, spec, max_tokens=max_tokens, json_schema=schema, n_probs=n_probs)
     plan.constrain(sampling, thinking=("inside" if inside else "maybe") if split else "")
     job = flow.make_job(
         spec, body, kind="chat", sampling=sampling, messages=plan.messages(message_dicts(messages), spec.system_prompt),

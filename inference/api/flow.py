@@ -66,7 +66,12 @@ def engine_status_for(principal: Principal) -> dict[str, Any]:
 
 
 def build_sampling(
-    params: SamplingParams, spec: ModelSpec, *, max_tokens: int | None = None, json_schema: dict | None = None
+    params: SamplingParams,
+    spec: ModelSpec,
+    *,
+    max_tokens: int | None = None,
+    json_schema: dict | None = None,
+    n_probs: int = -1,
 ) -> Sampling:
     """Request values over the model's configured defaults; only known fields reach llama.cpp."""
     d = spec.defaults
@@ -83,6 +88,7 @@ def build_sampling(
         stop=[s for s in stop if s],
         logit_bias={int(k): v for k, v in (params.logit_bias or {}).items()},
         json_schema=json_schema,
+        n_probs=n_probs,
         max_tokens=max_tokens or params.max_tokens or d["max_tokens"],
     )
 
@@ -176,13 +182,20 @@ async def first_event(handle: JobHandle, request_id: str) -> tuple[Token | None,
     return event, events
 
 
-async def collect(handle: JobHandle, request_id: str) -> tuple[str, Outcome]:
-    """Run a job to its end for a non-streaming reply; cancel it if the caller goes away."""
+async def collect(
+    handle: JobHandle, request_id: str, logprobs: list[dict[str, Any]] | None = None
+) -> tuple[str, Outcome]:
+    """Run a job to its end for a non-streaming reply; cancel it if the caller goes away.
+
+    `logprobs`, when given, receives the tokens' log-probability entries (Sampling.n_probs).
+    """
     parts: list[str] = []
     try:
         async for event in handle.events():
             if isinstance(event, Token):
                 parts.append(event.text)
+                if logprobs is not None and event.logprobs:
+                    logprobs.extend(event.logprobs)
             else:
                 if event.status != "completed":
                     raise outcome_error(event, request_id)
@@ -244,16 +257,18 @@ async def merged(streams: list[AsyncIterator[Token | Outcome]]) -> AsyncIterator
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def collect_all(handles: list[JobHandle], request_id: str) -> list[tuple[str, Outcome]]:
-    """`collect` every choice at once; if one fails, the others are cancelled and its error raised."""
+async def collect_all(handles: list[JobHandle], request_id: str) -> list[tuple[str, Outcome, list[dict]]]:
+    """`collect` every choice at once, each with its logprob entries; if one fails, the others are cancelled."""
+    entries: list[list[dict[str, Any]]] = [[] for _ in handles]
     if len(handles) == 1:
-        return [await collect(handles[0], request_id)]
+        text, outcome = await collect(handles[0], request_id, entries[0])
+        return [(text, outcome, entries[0])]
     try:
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(collect(handle, request_id)) for handle in handles]
+            tasks = [group.create_task(collect(h, request_id, e)) for h, e in zip(handles, entries, strict=True)]
     except BaseExceptionGroup as failed:  # the first choice's error is the answer (a 4xx/5xx of its own)
         raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+    return [(*task.result(), e) for task, e in zip(tasks, entries, strict=True)]
 
 
 def sse_response(chunks: AsyncIterator[dict[str, Any]], request_id: str) -> StreamingHttpResponse:

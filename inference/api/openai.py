@@ -79,7 +79,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
         spec, body, body.messages, tools=body.tools, tool_choice=body.tool_choice,
         parallel_tool_calls=body.parallel_tool_calls, response_format=body.response_format,
         chat_template_kwargs=body.chat_template_kwargs, reasoning_effort=body.reasoning_effort,
-        max_tokens=body.max_completion_tokens,
+        max_tokens=body.max_completion_tokens, n_probs=body.n_probs,
     )  # fmt: skip
     request_id = flow.new_request_id()
     handles = await flow.submit_choices(
@@ -90,7 +90,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     if not body.stream:
         results = await flow.collect_all(handles, request_id)
         choices, reasoning_tokens = [], 0
-        for index, (text, outcome) in enumerate(results):
+        for index, (text, outcome, entries) in enumerate(results):
             reader = setup.reader()
             pieces = reader.feed(text) + reader.finish()
             content = "".join(t for kind, t in pieces if kind == "content")
@@ -102,8 +102,9 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
             if reader.calls:
                 message["tool_calls"] = reader.calls
             finish = "tool_calls" if reader.calls else outcome.finish_reason
-            choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": finish})
-        outcomes = [outcome for _, outcome in results]
+            logprobs = _chat_logprobs(entries) if body.logprobs else None
+            choices.append({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish})
+        outcomes = [outcome for _, outcome, _ in results]
         return _json(
             {**base, "object": "chat.completion", "choices": choices,
              "usage": _usage(outcomes, reasoning_tokens), "timings": outcomes[0].timings()},
@@ -113,8 +114,11 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     streams = await flow.first_events(handles, request_id)
     chunk = {**base, "object": "chat.completion.chunk", "system_fingerprint": None}
 
-    def delta(index: int, content: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        out = {**chunk, "choices": [{"index": index, "delta": content, "logprobs": None, "finish_reason": finish}]}
+    def delta(
+        index: int, content: dict[str, Any], finish: str | None = None, entries: list | None = None
+    ) -> dict[str, Any]:
+        logprobs = _chat_logprobs(entries) if entries else None
+        out = {**chunk, "choices": [{"index": index, "delta": content, "logprobs": logprobs, "finish_reason": finish}]}
         if include_usage:
             out["usage"] = None
         return out
@@ -130,8 +134,13 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
             reader = readers[index]
             if isinstance(event, Token):
                 seen[index] += event.text
-                for kind, text in reader.feed(event.text):
-                    yield delta(index, {"reasoning_content" if kind == "reasoning" else "content": text})
+                pieces = reader.feed(event.text)
+                entries = event.logprobs if body.logprobs else None
+                if entries and not pieces:  # the text is held back (a possible tag): its tokens' logprobs go now
+                    yield delta(index, {}, entries=entries)
+                for i, (kind, text) in enumerate(pieces):
+                    field = "reasoning_content" if kind == "reasoning" else "content"
+                    yield delta(index, {field: text}, entries=entries if i == 0 else None)
                 continue
             if event.status != "completed":
                 yield _stream_error(flow.outcome_error(event))
@@ -152,6 +161,34 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
             yield {**chunk, "choices": [], "usage": _usage(outcomes, sum(reasoning))}
 
     return flow.sse_response(chunks(), request_id)
+
+
+def _token_text(entry: dict[str, Any]) -> str:
+    return bytes(entry["bytes"]).decode("utf-8", "replace")
+
+
+def _chat_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """OpenAI's chat `logprobs`: each token with its bytes, log-probability and the likeliest alternatives."""
+
+    def one(entry: dict[str, Any]) -> dict[str, Any]:
+        return {"token": _token_text(entry), "logprob": entry["logprob"], "bytes": entry["bytes"]}
+
+    return {"content": [{**one(e), "top_logprobs": [one(t) for t in e["top"]]} for e in entries], "refusal": None}
+
+
+def _completion_logprobs(entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any]:
+    """The completions API's (legacy) `logprobs`: parallel lists, `text_offset` in characters."""
+    tokens = [_token_text(e) for e in entries]
+    offsets = []
+    for token in tokens:
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{_token_text(t): t["logprob"] for t in e["top"]} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def _share(tokens: int, part: str, whole: str) -> int:
@@ -178,7 +215,8 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
     jobs = []
     for prompt in body.prompts():  # choice index = prompt index * n + choice (OpenAI's order)
         text = {"prompt": prompt} if isinstance(prompt, str) else {"prompt_tokens": prompt}
-        job = flow.make_job(spec, body, kind="completion", sampling=flow.build_sampling(body, spec), **text)
+        sampling = flow.build_sampling(body, spec, n_probs=body.n_probs)
+        job = flow.make_job(spec, body, kind="completion", sampling=sampling, **text)
         jobs += choice_jobs(job, body.n)
     request_id = flow.new_request_id()
     handles = await flow.submit_choices(
@@ -189,16 +227,23 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
     if not body.stream:
         results = await flow.collect_all(handles, request_id)
         choices = [
-            {"index": i, "text": text, "logprobs": None, "finish_reason": outcome.finish_reason}
-            for i, (text, outcome) in enumerate(results)
-        ]
-        return _json({**base, "choices": choices, "usage": _usage([o for _, o in results], per_prompt=body.n)},
+            {"index": i, "text": text, "finish_reason": outcome.finish_reason,
+             "logprobs": _completion_logprobs(entries) if body.logprobs is not None else None}
+            for i, (text, outcome, entries) in enumerate(results)
+        ]  # fmt: skip
+        return _json({**base, "choices": choices, "usage": _usage([o for _, o, _ in results], per_prompt=body.n)},
                      request_id)  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     streams = await flow.first_events(handles, request_id)
 
-    def piece(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
-        out = {**base, "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
+    offsets = [0 for _ in handles]
+
+    def piece(index: int, text: str, finish: str | None = None, entries: list | None = None) -> dict[str, Any]:
+        logprobs = None
+        if body.logprobs is not None and entries:
+            logprobs = _completion_logprobs(entries, offsets[index])
+            offsets[index] += len(text)
+        out = {**base, "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
         if include_usage:
             out["usage"] = None
         return out
@@ -207,7 +252,7 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
         outcomes: dict[int, Outcome] = {}
         async for index, event in flow.merged(streams):
             if isinstance(event, Token):
-                yield piece(index, event.text)
+                yield piece(index, event.text, entries=event.logprobs)
             elif event.status != "completed":
                 yield _stream_error(flow.outcome_error(event))
                 return

@@ -17,6 +17,7 @@ from models_app.chat_templates import RESERVED_VARIABLES
 _IGNORED_OPENAI_FIELDS = {"user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
 MAX_CHOICES = 8  # n: each choice is its own generation, in its own slot
 MAX_TEMPLATE_KWARGS_BYTES = 4096
+MAX_TOP_LOGPROBS = 20
 MAX_TOKEN_IDS = 131072  # one prompt or input as token ids (the model's context is the real bound)
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
@@ -190,21 +191,12 @@ class _Generation(SamplingParams):
     n: int = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
 
     @field_validator("n")
     @classmethod
     def _choices(cls, value: int) -> int:
         if not 1 <= value <= MAX_CHOICES:
             raise ValueError(f"n is 1 to {MAX_CHOICES} choices")
-        return value
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: bool | None) -> bool | None:
-        if value:
-            raise ValueError("logprobs are not supported by this server")
         return value
 
 
@@ -221,6 +213,8 @@ class ChatCompletionRequest(_Generation):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     tools: list[dict[str, Any]] | None = None  # checked in the view, each named by its place (tools.parse_tools)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
@@ -234,6 +228,16 @@ class ChatCompletionRequest(_Generation):
         return check_message_count(value)
 
     _template_kwargs = field_validator("chat_template_kwargs")(check_template_kwargs)
+
+    @property
+    def n_probs(self) -> int:
+        return (self.top_logprobs or 0) if self.logprobs else -1
+
+    @model_validator(mode="after")
+    def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     @model_validator(mode="after")
     def _tool_choice_needs_tools(self) -> "ChatCompletionRequest":
@@ -256,6 +260,11 @@ class CompletionRequest(_Generation):
     )
     echo: bool = False
     suffix: str | None = None
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    @property
+    def n_probs(self) -> int:
+        return -1 if self.logprobs is None else self.logprobs
 
     @model_validator(mode="after")
     def _bounded_choices(self) -> "CompletionRequest":

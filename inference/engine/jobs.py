@@ -44,6 +44,9 @@ class Sampling:
     grammar_close: str = ""
     grammar_repeat: int = 1
     grammar_trigger: str = ""
+    # Log-probabilities of each sampled token and of the n_probs likeliest (0-20), after the sampler
+    # chain's filters (llama.cpp's post_sampling_probs); -1: none.
+    n_probs: int = -1
     max_tokens: int = 256
 
 
@@ -85,6 +88,8 @@ class Job:
 @dataclass
 class Token:
     text: str
+    # With Sampling.n_probs >= 0: for each token whose text this is, {"id", "bytes", "logprob", "top": [...]}
+    logprobs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -178,6 +183,7 @@ class JobHandle:
         # for the cores. The first token is never held back.
         self._coalesce_s = coalesce_s
         self._held: list[str] = []
+        self._held_logprobs: list[dict[str, Any]] = []
         self._last_handoff = 0.0
         # Where the job waits in its model's queue (0: next), None once it holds a slot.
         self.position: int | None = None
@@ -187,16 +193,16 @@ class JobHandle:
         """Hand an event to the event loop; called from the worker thread only."""
         if isinstance(event, Token):
             self._held.append(event.text)
+            if event.logprobs:
+                self._held_logprobs.extend(event.logprobs)
             now = time.perf_counter()
             if now - self._last_handoff < self._coalesce_s:
                 return
             self._last_handoff = now
-            self._handoff(Token("".join(self._held)))
-            self._held.clear()
+            self._release_held()
             return
         if self._held:
-            self._handoff(Token("".join(self._held)))
-            self._held.clear()
+            self._release_held()
         outcomes = getattr(_batch, "outcomes", None)
         if outcomes is not None:  # inside batched_handoffs(): settled once the step's tokens are out
             outcomes.append((self, event))
@@ -210,6 +216,11 @@ class JobHandle:
                 self.outcome.set_result(outcome)
         finally:
             self._handoff(outcome)
+
+    def _release_held(self) -> None:
+        self._handoff(Token("".join(self._held), self._held_logprobs or None))
+        self._held.clear()
+        self._held_logprobs = []
 
     def _handoff(self, event: Event) -> None:
         pending = getattr(_batch, "pending", None)

@@ -70,6 +70,7 @@ def _keeping_gil(name: str) -> Any:
 
 
 _sampler_sample = _keeping_gil("llama_sampler_sample")
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 _get_logits_ith = _keeping_gil("llama_get_logits_ith")
 
 
@@ -297,7 +298,7 @@ class LlamaRunner:
     ) -> _internals.LlamaSampler | GreedyArgmax:
         """A sampler chain for one request: bias, penalties, grammar, then greedy or random."""
         neutral = sampling.repeat_penalty == 1 and not sampling.frequency_penalty and not sampling.presence_penalty
-        if sampling.temperature == 0 and neutral and grammar is None:
+        if sampling.temperature == 0 and neutral and grammar is None and sampling.n_probs < 0:
             return GreedyArgmax(sampling.logit_bias)
         sampler = GrammarSampler() if grammar is not None else _internals.LlamaSampler()
         if sampling.logit_bias:
@@ -347,6 +348,38 @@ class LlamaRunner:
         if isinstance(sampler, GrammarSampler):  # may take long: the event loop and other models go on meanwhile
             return llama_cpp.llama_sampler_sample(sampler.sampler, self.ctx.ctx, index)
         return _sampler_sample(sampler.sampler, self.ctx.ctx, index)
+
+    def sample_with_probs(self, sampler: _internals.LlamaSampler, index: int, n_probs: int) -> tuple[int, dict]:
+        """The next token, as `sample` picks it, with its log-probability and the `n_probs` likeliest.
+
+        The chain is applied to a candidate array of the whole vocabulary, as llama.cpp's
+        own sampling does; the probabilities are the softmax of the candidates its filters
+        (grammar, top-k, top-p, min-p, temperature) leave, llama.cpp's post-sampling probs.
+        """
+        row = np.ctypeslib.as_array(_get_logits_ith(self.ctx.ctx, index), shape=(self.n_vocab,))
+        data = np.empty(self.n_vocab, dtype=_TOKEN_DATA)
+        data["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        data["logit"] = row
+        data["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            data.ctypes.data_as(llama_cpp.llama_token_data_p), self.n_vocab, -1, False
+        )
+        llama_cpp.llama_sampler_apply(sampler.sampler, ctypes.byref(array))
+        kept = data[: array.size]
+        if array.selected < 0 or array.selected >= array.size:  # a chain without a final pick (never ours)
+            raise RuntimeError("the sampler chain selected no token")
+        token = int(kept["id"][array.selected])
+        llama_cpp.llama_sampler_accept(sampler.sampler, token)
+        logits = kept["logit"].astype(np.float64)
+        finite = np.isfinite(logits)
+        shifted = np.where(finite, logits - logits[finite].max(), -np.inf)
+        logprobs = shifted - np.log(np.exp(shifted).sum())
+        order = np.argsort(-logprobs, kind="stable")[:n_probs]
+        top = [self._prob_entry(int(kept["id"][i]), float(logprobs[i])) for i in order if np.isfinite(logprobs[i])]
+        return token, {**self._prob_entry(token, float(logprobs[array.selected])), "top": top}
+
+    def _prob_entry(self, token: int, logprob: float) -> dict[str, Any]:
+        return {"id": token, "bytes": list(self.piece(token)), "logprob": max(logprob, -9999.0)}
 
     def is_eog(self, token: int) -> bool:
         """Whether `token` ends generation (cached: a ctypes call per token would drop the GIL)."""

@@ -252,7 +252,7 @@ class RemoteEngine:
             return  # a job already ended, or a late word from a node it has left
         if kind == wire.TOKEN:
             flight.streamed, flight.tokens = True, message["n"]
-            flight.handle.push(Token(message["text"]))
+            flight.handle.push(Token(message["text"], message.get("logprobs")))
         elif kind == wire.QUEUED:
             flight.handle.report_position(message["position"])
         elif kind == wire.START:

@@ -340,21 +340,25 @@ class BatchScheduler:
         for slot, index in sample_at:
             try:
                 started = time.perf_counter()
-                token = self.runner.sample(slot.request.sampler, index)
+                n_probs = slot.request.item.job.sampling.n_probs
+                if n_probs >= 0:
+                    token, probs = self.runner.sample_with_probs(slot.request.sampler, index, n_probs)
+                else:
+                    token, probs = self.runner.sample(slot.request.sampler, index), None
                 if time.perf_counter() - started > SLOW_SAMPLE_S:  # a grammar too costly to follow: stop it here
                     self.stats["request_failures"] += 1
                     self._finish(slot, "error", "error", code="grammar_too_slow", error=(
                         f"sampling one token under this request's grammar took over {SLOW_SAMPLE_S:g}s; "
                         "simplify the response_format schema"))  # fmt: skip
                     continue
-                self._on_token(slot, token)
+                self._on_token(slot, token, probs)
             except Exception as exc:  # sampling, detokenizing or stop handling failed for this request alone
                 logger.exception("a request on %s failed in its step", self.runner.spec.model_id)
                 self.stats["request_failures"] += 1
                 if slot.request is not None:
                     self._finish(slot, "error", "error", error=f"generation failed: {exc}", code="engine_error")
 
-    def _on_token(self, slot: Slot, token: int) -> None:
+    def _on_token(self, slot: Slot, token: int, probs: dict | None = None) -> None:
         request = slot.request
         if request.first_at is None:
             request.first_at = time.perf_counter()
@@ -363,9 +367,11 @@ class BatchScheduler:
             return
         request.produced += 1
         request.last = token
+        if probs is not None:  # they travel with the text the token's bytes become part of
+            request.logprobs.append(probs)
         ready, stopped = request.take_text(self.runner.piece(token))
         if ready:
-            request.item.handle.push(Token(ready))
+            request.item.handle.push(Token(ready, request.take_logprobs()))
         if stopped:
             self._finish(slot, "completed", "stop")
             return
@@ -379,8 +385,8 @@ class BatchScheduler:
             slot.cached = []
         if status == "completed":
             request.pending += request.decoder.decode(b"", final=True)
-            if request.pending:
-                request.item.handle.push(Token(request.pending))
+            if request.pending or request.logprobs:
+                request.item.handle.push(Token(request.pending, request.take_logprobs()))
         ended = time.perf_counter()
         first_at = request.first_at or ended
         job = request.item.job

@@ -56,9 +56,15 @@ class SlotRequest:
     admitted_at: float
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     pending: str = ""
+    logprobs: list[dict] = field(default_factory=list)  # entries of tokens whose text is not handed over yet
     produced: int = 0
     last: int = -1
     first_at: float | None = None
+
+    def take_logprobs(self) -> list[dict] | None:
+        """The log-probability entries of the tokens since the last hand-off (None when none were asked)."""
+        taken, self.logprobs = self.logprobs, []
+        return taken or None
 
     def take_text(self, piece: bytes) -> tuple[str, bool]:
         """(text ready to hand over, whether a stop string ended it) after one more token's bytes.

@@ -8,7 +8,7 @@ Web node -> inference node (the node's own channel, `InferenceNode.channel`):
 Inference node -> the requester's reply channel (every message carries `id` and `node`,
 the sender's channel, so a reply from a node the job has left is recognised and dropped):
     inference.start   {prompt_tokens}   the job holds a place in the node's queue
-    inference.token   {text, n}         text decoded since the last one (~20 ms); n: tokens so far
+    inference.token   {text, n, logprobs?}  text decoded since the last one (~20 ms); n: tokens so far
     inference.done    {outcome}         how the job ended (completed, cancelled, error, timeout)
     inference.error   {error}           refused before admission: {kind, message, param, code}
     inference.result  {result}          the answer to load / unload

@@ -87,7 +87,7 @@ def test_invalid_json_is_400(live):
         ({"messages": "hello"}, "messages"),
         ({"n": 9}, "n"),
         ({"frobnicate": True}, "frobnicate"),
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
         ({"keep_alive": "soon"}, "keep_alive"),

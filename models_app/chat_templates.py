@@ -111,8 +111,10 @@ def _strftime_now(fmt: str) -> str:
 
 
 # What a request's `chat_template_kwargs` may not set: the template's inputs that come from elsewhere.
-RESERVED_VARIABLES = frozenset({"messages", "bos_token", "eos_token", "add_generation_prompt", "tools",
-                                "raise_exception", "strftime_now", "range"})  # fmt: skip
+RESERVED_VARIABLES = frozenset({
+    "messages", "bos_token", "eos_token", "add_generation_prompt", "tools", "raise_exception", "strftime_now",
+    "range", "self", "namespace", "dict", "cycler", "joiner", "lipsum", "loop", "caller", "varargs", "kwargs",
+})  # fmt: skip
 
 
 @lru_cache(maxsize=32)

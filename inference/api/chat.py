@@ -5,6 +5,7 @@ Both surfaces send the same fields (`tools`, `tool_choice`, `parallel_tool_calls
 same way (a `ReplyReader` per choice), so both come through `prepare_chat`.
 """
 
+import asyncio
 import dataclasses
 import uuid
 from dataclasses import dataclass
@@ -60,7 +61,8 @@ def message_dicts(messages: list[ChatMessage]) -> list[dict[str, Any]]:
         data = m.model_dump(exclude_none=True)
         if m.role == "developer":
             data["role"] = "system"
-        data.setdefault("content", "")
+        content = data.get("content")  # text parts joined: every template and the generic tools read text
+        data["content"] = content if isinstance(content, str) else "".join(p["text"] for p in content or [])
         out.append(data)
     return out
 
@@ -82,7 +84,8 @@ async def prepare_chat(
     """The job and the reply's reading for one chat request; InvalidRequest naming the field."""
     if isinstance(tool_choice, BaseModel):
         tool_choice = tool_choice.model_dump()
-    plan = plan_for(spec.chat_template, tools, tool_choice, parallel=parallel_tool_calls)
+    # Off the event loop: each tool's schema becomes a grammar, which takes time for large ones.
+    plan = await asyncio.to_thread(plan_for, spec.chat_template, tools, tool_choice, parallel=parallel_tool_calls)
     schema = response_schema(response_format)
     if plan.active and schema is not None:
         raise InvalidRequest("response_format and tools both shape the reply; send one of them",
@@ -93,17 +96,24 @@ async def prepare_chat(
         raise InvalidRequest("enable_thinking is true or false", param="chat_template_kwargs.enable_thinking",
                              code="invalid_value")  # fmt: skip
     if reasoning_effort is not None:
-        variables.setdefault("reasoning_effort", reasoning_effort)  # gpt-oss's template reads it
+        variables["reasoning_effort"] = reasoning_effort  # gpt-oss's template reads it; the checked field wins
         if reasoning_effort == "none" and enable_thinking is None:
             enable_thinking = False
     split = supports_thinking(spec.chat_template)
-    if split and plan.strict and enable_thinking is None:
-        enable_thinking = False  # a call is due at once: the grammar leaves no room for thinking
+    # A grammar that holds the output from its first token (a response_format, the generic tools, a
+    # required call) leaves no room for thinking: thinking is turned off, or the request refused.
+    held_from_start = schema is not None or (plan.active and (plan.family == "generic" or plan.strict))
+    if split and held_from_start and enable_thinking is None:
+        enable_thinking = False
     inside = split and await opens_thinking(spec.chat_template, spec.bos_token, spec.eos_token, enable_thinking)
-    if plan.strict and inside:
-        raise InvalidRequest("this model's template opens its thinking even with enable_thinking false, and "
-                             "tool_choice 'required' (or a named function) leaves no room for it: use 'auto'",
-                             param="tool_choice", code="unsupported_feature")  # fmt: skip
+    if held_from_start and inside:
+        field = "response_format" if schema is not None else "tool_choice" if plan.strict else "tools"
+        raise InvalidRequest(f"this model's template opens its thinking here, and {field} holds the answer to a "
+                             "grammar from its first token, which leaves no room for it: set "
+                             "chat_template_kwargs.enable_thinking to false"
+                             + (", or use tool_choice 'auto' with a template that renders tools"
+                                if field != "response_format" else ""),
+                             param=field, code="unsupported_feature")  # fmt: skip
     sampling = flow.build_sampling(body, spec, max_tokens=max_tokens, json_schema=schema, n_probs=n_probs)
     plan.constrain(sampling, thinking=("inside" if inside else "maybe") if split else "")
     job = flow.make_job(

@@ -1,6 +1,7 @@
 """OpenAI-compatible /v1: models, chat completions, completions, embeddings."""
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -130,33 +131,34 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
         outcomes: list[Outcome] = []
         for index in range(len(handles)):
             yield delta(index, {"role": "assistant", "content": ""})
-        async for index, event in flow.merged(streams):
-            reader = readers[index]
-            if isinstance(event, Token):
-                seen[index] += event.text
-                pieces = reader.feed(event.text)
-                entries = event.logprobs if body.logprobs else None
-                if entries and not pieces:  # the text is held back (a possible tag): its tokens' logprobs go now
-                    yield delta(index, {}, entries=entries)
-                for i, (kind, text) in enumerate(pieces):
-                    field = "reasoning_content" if kind == "reasoning" else "content"
-                    yield delta(index, {field: text}, entries=entries if i == 0 else None)
-                continue
-            if event.status != "completed":
-                yield _stream_error(flow.outcome_error(event))
-                return
-            for kind, text in reader.finish():
-                yield delta(index, {"reasoning_content" if kind == "reasoning" else "content": text})
-            for i, call in enumerate(reader.calls):  # the id and name once, then the arguments
-                head = {"index": i, "id": call["id"], "type": "function",
-                        "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
-                yield delta(index, {"tool_calls": [head]})
-                yield delta(
-                    index, {"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]}
-                )
-            yield delta(index, {}, "tool_calls" if reader.calls else event.finish_reason)
-            reasoning[index] = _share(event.completion_tokens, "".join(reader.reasoning_parts), seen[index])
-            outcomes.append(event)
+        async with contextlib.aclosing(flow.merged(streams)) as events:
+            async for index, event in events:
+                reader = readers[index]
+                if isinstance(event, Token):
+                    seen[index] += event.text
+                    pieces = reader.feed(event.text)
+                    entries = event.logprobs if body.logprobs else None
+                    if entries and not pieces:  # the text is held back (a possible tag): its tokens' logprobs go now
+                        yield delta(index, {}, entries=entries)
+                    for i, (kind, text) in enumerate(pieces):
+                        field = "reasoning_content" if kind == "reasoning" else "content"
+                        yield delta(index, {field: text}, entries=entries if i == 0 else None)
+                    continue
+                if event.status != "completed":
+                    yield _stream_error(flow.outcome_error(event))
+                    return
+                for kind, text in reader.finish():
+                    yield delta(index, {"reasoning_content" if kind == "reasoning" else "content": text})
+                for i, call in enumerate(reader.calls):  # the id and name once, then the arguments
+                    head = {"index": i, "id": call["id"], "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+                    yield delta(index, {"tool_calls": [head]})
+                    yield delta(
+                        index, {"tool_calls": [{"index": i, "function": {"arguments": call["function"]["arguments"]}}]}
+                    )
+                yield delta(index, {}, "tool_calls" if reader.calls else event.finish_reason)
+                reasoning[index] = _share(event.completion_tokens, "".join(reader.reasoning_parts), seen[index])
+                outcomes.append(event)
         if include_usage:
             yield {**chunk, "choices": [], "usage": _usage(outcomes, sum(reasoning))}
 
@@ -196,10 +198,9 @@ def _share(tokens: int, part: str, whole: str) -> int:
     return round(tokens * len(part) / len(whole)) if whole else 0
 
 
-def _usage(outcomes: list[Outcome], reasoning_tokens: int | None = None, *, per_prompt: int = 0) -> dict[str, Any]:
-    """Each prompt once (its `per_prompt` choices read the same one; 0: all of them do), every completion."""
-    step = per_prompt or max(len(outcomes), 1)
-    prompt = sum(o.prompt_tokens for o in outcomes[::step])
+def _usage(outcomes: list[Outcome], reasoning_tokens: int | None = None) -> dict[str, Any]:
+    """Every choice's prompt and completion, as metered: each choice read its prompt in its own slot."""
+    prompt = sum(o.prompt_tokens for o in outcomes)
     completion = sum(o.completion_tokens for o in outcomes)
     usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
                              "total_tokens": prompt + completion}  # fmt: skip
@@ -231,7 +232,7 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
              "logprobs": _completion_logprobs(entries) if body.logprobs is not None else None}
             for i, (text, outcome, entries) in enumerate(results)
         ]  # fmt: skip
-        return _json({**base, "choices": choices, "usage": _usage([o for _, o, _ in results], per_prompt=body.n)},
+        return _json({**base, "choices": choices, "usage": _usage([o for _, o, _ in results])},
                      request_id)  # fmt: skip
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     streams = await flow.first_events(handles, request_id)
@@ -250,17 +251,18 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         outcomes: dict[int, Outcome] = {}
-        async for index, event in flow.merged(streams):
-            if isinstance(event, Token):
-                yield piece(index, event.text, entries=event.logprobs)
-            elif event.status != "completed":
-                yield _stream_error(flow.outcome_error(event))
-                return
-            else:
-                outcomes[index] = event
-                yield piece(index, "", event.finish_reason)
+        async with contextlib.aclosing(flow.merged(streams)) as events:
+            async for index, event in events:
+                if isinstance(event, Token):
+                    yield piece(index, event.text, entries=event.logprobs)
+                elif event.status != "completed":
+                    yield _stream_error(flow.outcome_error(event))
+                    return
+                else:
+                    outcomes[index] = event
+                    yield piece(index, "", event.finish_reason)
         if include_usage:
-            yield {**base, "choices": [], "usage": _usage([outcomes[i] for i in sorted(outcomes)], per_prompt=body.n)}
+            yield {**base, "choices": [], "usage": _usage([outcomes[i] for i in sorted(outcomes)])}
 
     return flow.sse_response(chunks(), request_id)
 

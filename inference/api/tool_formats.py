@@ -19,7 +19,6 @@ anything else comes back as content.
 """
 
 import json
-import re
 import secrets
 import string
 import uuid
@@ -32,7 +31,6 @@ from inference.api.thinking import ThinkingSplitter, _held_prefix
 from inference.engine import Sampling
 
 FAMILIES = ("hermes", "llama3", "mistral", "generic")
-_HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 _REGEX_SPECIALS = set("\\^$.|?*+()[]{}")
 
 
@@ -121,18 +119,17 @@ class Plan:
             sampling.json_schema = {**array, "$defs": defs} if defs else array
             sampling.grammar_open = "[TOOL_CALLS]"
             trigger = _escape("[TOOL_CALLS]")
-        else:  # llama3: one call, a bare object at the start of the answer
+        else:  # llama3: one call, a bare object at the start of the answer (after the python tag, if shown)
             sampling.json_schema = _call_schema(self.tools, "parameters")
-            sampling.grammar_trigger = "" if self.strict else r"^\s*(\{)[\s\S]*$"
+            sampling.grammar_trigger = "" if self.strict else r"^(?:<\|python_tag\|>)?(\{)"
             return
         if self.strict:
             return
-        # A call the model considers inside <think> is no call: the trigger counts after </think> only.
-        after_thinking = r"</think>[\s\S]*?(" + trigger + ")"
-        if thinking == "inside":
-            sampling.grammar_trigger = after_thinking
-        elif thinking == "maybe":
-            sampling.grammar_trigger = r"^(?:(?!<think>)[\s\S])*?(" + trigger + ")|" + after_thinking
+        # llama.cpp tests the trigger against the whole output after every token with std::regex, whose
+        # matcher recurses once per character an unbounded quantifier covers: past ~45,000 characters
+        # that overflows the thread's stack. So no trigger has one: a literal, or a bounded gap.
+        if thinking == "inside":  # a call the model writes while thinking is no call: only after </think>
+            sampling.grammar_trigger = r"</think>\s{0,8}(" + trigger + ")"
         else:
             sampling.grammar_trigger = "(" + trigger + ")"
 
@@ -153,15 +150,17 @@ class Plan:
             return [], text
         if self.family == "generic":
             return generic.parse_reply(text, self.tools)
+        try:  # a model's output is as hostile as a request: whatever it holds, it is content or calls
+            return self._parse(text)
+        except Exception:
+            return [], text
+
+    def _parse(self, text: str) -> tuple[list[dict[str, Any]], str]:
         if self.family == "hermes":
             start = text.find("<tool_call>")
             if start < 0:
                 return [], text
-            blocks = _HERMES_BLOCK.findall(text[start:])
-            rest = _HERMES_BLOCK.sub("", text[start:]).strip()
-            if not blocks or rest:
-                return [], text
-            found = [_loads(block) for block in blocks]
+            found = _hermes_calls(text[start:])
             return self._checked(found, "arguments", text, text[:start].strip())
         body = text.strip()
         if self.family == "mistral":
@@ -178,7 +177,8 @@ class Plan:
             return [], text
         calls = []
         for call in found:
-            tool = by_name.get(call.get("name")) if isinstance(call, dict) else None
+            name = call.get("name") if isinstance(call, dict) else None
+            tool = by_name.get(name) if isinstance(name, str) else None
             arguments = call.get(key, call.get("arguments")) if tool else None
             if tool is None or not isinstance(arguments, dict) or not tool.validator.is_valid(arguments):
                 return [], text
@@ -189,8 +189,26 @@ class Plan:
 def _loads(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the interpreter's limit
         return None
+
+
+def _hermes_calls(text: str) -> list[Any] | None:
+    """The JSON of each `<tool_call> {...} </tool_call>` in `text`, which starts at the first; None unless all are."""
+    found, at, decoder = [], 0, json.JSONDecoder()
+    while at < len(text):
+        if not text.startswith("<tool_call>", at):
+            return None
+        at += len("<tool_call>")
+        at += len(text[at:]) - len(text[at:].lstrip())
+        value, at = decoder.raw_decode(text, at)  # the JSON's own end: a "</tool_call>" inside a string stays in it
+        rest = text[at:].lstrip()
+        if not rest.startswith("</tool_call>"):
+            return None
+        found.append(value)
+        at = len(text) - len(rest) + len("</tool_call>")
+        at += len(text[at:]) - len(text[at:].lstrip())
+    return found
 
 
 def _named_result(m: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:

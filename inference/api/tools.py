@@ -43,6 +43,10 @@ def parse_tools(tools: list[Any], param: str = "tools") -> list[Tool]:
     """Function tools as OpenAI and Ollama send them; InvalidRequest naming the field for anything else."""
     if len(tools) > MAX_TOOLS:
         raise InvalidRequest(f"at most {MAX_TOOLS} tools", param=param, code="invalid_value")
+    size = len(json.dumps(tools))
+    if size > request_bounds().schema.max_bytes:  # before any tool's grammar is built: those take time
+        raise InvalidRequest(f"tools are {size} bytes of JSON; the limit is {request_bounds().schema.max_bytes} "
+                             "(JSON_SCHEMA_MAX_BYTES)", param=param, code="unsupported_schema")  # fmt: skip
     parsed: dict[str, Tool] = {}
     for i, tool in enumerate(tools):
         where = f"{param}.{i}"
@@ -65,6 +69,10 @@ def parse_tools(tools: list[Any], param: str = "tools") -> list[Tool]:
         if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
             raise InvalidRequest(f"{where}.function.parameters must be a JSON schema of an object (the arguments)",
                                  param=f"{where}.function.parameters", code="invalid_value")  # fmt: skip
+        keyword = _base_changing_keyword(parameters)
+        if keyword:  # a $ref then resolves elsewhere than the grammar saw it: refused, not half-honoured
+            raise InvalidRequest(f"{where}.function.parameters uses {keyword!r}, which this server does not support",
+                                 param=f"{where}.function.parameters", code="unsupported_schema")  # fmt: skip
         try:  # here, so a bad schema is named by its place in `tools`, not in the grammar built from them
             check_schema(parameters, request_bounds().schema, param=f"{where}.function.parameters")
             Draft202012Validator.check_schema(parameters)
@@ -84,6 +92,26 @@ def parse_tools(tools: list[Any], param: str = "tools") -> list[Tool]:
     except SchemaRefused as exc:
         raise InvalidRequest(str(exc), param=param, code="unsupported_schema") from exc
     return tools
+
+
+_BASE_CHANGING = ("$id", "$anchor", "$dynamicRef", "$dynamicAnchor", "$recursiveRef", "$recursiveAnchor")
+
+
+def _base_changing_keyword(schema: Any, depth: int = 0) -> str | None:
+    """The first keyword that moves where a `$ref` points ($id, anchors), if the schema holds one."""
+    if depth > 64:
+        return None  # check_schema refuses what is this deep
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key in _BASE_CHANGING:
+                return key
+            if key not in _DATA_KEYWORDS and (found := _base_changing_keyword(value, depth + 1)):
+                return found
+    elif isinstance(schema, list):
+        for value in schema:
+            if found := _base_changing_keyword(value, depth + 1):
+                return found
+    return None
 
 
 def instruction(tools: list[Tool]) -> str:
@@ -193,16 +221,23 @@ def _as_written(call: Any) -> dict[str, Any]:
     function = call.get("function", call) if isinstance(call, dict) else {}
     arguments = function.get("arguments")
     if isinstance(arguments, str):
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             arguments = json.loads(arguments)
     return {"name": function.get("name"), "arguments": arguments}
+
+
+def _valid(tool: Tool, arguments: dict[str, Any]) -> bool:
+    try:
+        return tool.validator.is_valid(arguments)
+    except RecursionError:  # arguments nested past the interpreter's limit are no arguments
+        return False
 
 
 def parse_reply(text: str, tools: list[Tool]) -> tuple[list[dict[str, Any]], str]:
     """(calls as {"name", "arguments": dict}, content) from the constrained output; unparsable text is content."""
     try:
         reply = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return [], text
     if not isinstance(reply, dict):
         return [], text
@@ -214,11 +249,12 @@ def parse_reply(text: str, tools: list[Tool]) -> tuple[list[dict[str, Any]], str
         return [], text
     parsed = []
     for call in calls:
-        tool = by_name.get(call.get("name")) if isinstance(call, dict) else None
+        name = call.get("name") if isinstance(call, dict) else None
+        tool = by_name.get(name) if isinstance(name, str) else None
         arguments = call.get("arguments") if tool else None
         # The grammar cannot hold every keyword (minimum, uniqueItems, not, ...): what it let through
         # is checked against the tool's own schema, and a call that fails is no call.
-        if tool is None or not isinstance(arguments, dict) or not tool.validator.is_valid(arguments):
+        if tool is None or not isinstance(arguments, dict) or not _valid(tool, arguments):
             return [], text
         parsed.append({"name": tool.name, "arguments": arguments})
     return parsed, ""

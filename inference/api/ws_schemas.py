@@ -44,6 +44,8 @@ class GenerateFrame(SamplingParams):
             raise ValueError("send exactly one of 'messages' (chat) or 'prompt' (raw completion)")
         if self.prompt is not None and (self.tools or self.chat_template_kwargs or self.reasoning_effort):
             raise ValueError("tools, chat_template_kwargs and reasoning_effort go with 'messages' (chat)")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice 'required' or a named function needs 'tools'")
         return self
 
     _template_kwargs = field_validator("chat_template_kwargs")(check_template_kwargs)

@@ -238,22 +238,29 @@ def schema_grammar(schema: dict[str, Any], bounds: SchemaBounds, param: str = SC
     return _convert(json.dumps(schema), bounds, param)
 
 
-FRAMED_ROOT = "framed-root-0"  # the converter names rules after properties: none is ever named so
-
-
 def _literal(text: str) -> str:
     return json.dumps(text)  # a GBNF string literal escapes as JSON does
 
 
-def framed_grammar(grammar: str, open_: str, close: str, repeat: int) -> str:
-    """`grammar` with a root that frames its value: `open value close`, up to `repeat` times, one per line.
+def _free_rule_name(grammar: str, base: str) -> str:
+    names = {line.split("::=", 1)[0].strip() for line in grammar.splitlines() if "::=" in line}
+    name, n = base, 0
+    while name in names:  # the converter names rules after properties: any name can be taken
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
-    Unchanged without a frame. The value's own rules stay as they are, under its `root`.
+
+def framed_grammar(grammar: str, open_: str, close: str, repeat: int) -> tuple[str, str]:
+    """(grammar, root rule): `grammar`'s value framed, `open value close`, up to `repeat` times, one per line.
+
+    Unchanged, with root "root", without a frame. The value's own rules stay as they are.
     """
     if not open_ and not close and repeat <= 1:
-        return grammar
+        return grammar, "root"
+    root = _free_rule_name(grammar, "framed")
     one = " ".join(
         part for part in (_literal(open_) if open_ else "", "root", _literal(close) if close else "") if part
     )
-    rule = f"{FRAMED_ROOT} ::= {one}" + (f' ("\\n" {one}){{0,{repeat - 1}}}' if repeat > 1 else "")
-    return f"{grammar}\n{rule}\n"
+    rule = f"{root} ::= {one}" + (f' ("\\n" {one}){{0,{repeat - 1}}}' if repeat > 1 else "")
+    return f"{grammar}\n{rule}\n", root

@@ -17,7 +17,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-from inference.engine.grammar import FRAMED_ROOT, SchemaRefused, framed_grammar, schema_grammar
+from inference.engine.grammar import SchemaRefused, framed_grammar, schema_grammar
 from inference.engine.jobs import Job, RequestBounds, Sampling
 from inference.engine.spec import ModelSpec
 from models_app.chat_templates import ChatTemplateError, render_chat_template
@@ -94,7 +94,24 @@ class GreedyArgmax:
 
 
 class GrammarSampler(_internals.LlamaSampler):
-    """A sampler chain with a grammar. Its sampling can take long, so it releases the GIL (see `sample`)."""
+    """A sampler chain and, apart from it, a grammar (llama.cpp's common_sampler keeps them apart too).
+
+    The chain picks a token from the raw candidates; only if the grammar refuses that one
+    token is the grammar applied to the whole vocabulary and the pick made again. Most
+    picks of a model that follows the format pass, so the costly full-vocabulary grammar
+    pass is the exception (bench/tool_grammar.py).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grammar: Any = None
+
+        def free_grammar() -> None:
+            if self.grammar:
+                llama_cpp.llama_sampler_free(self.grammar)
+                self.grammar = None
+
+        self._exit_stack.callback(free_grammar)
 
 
 @dataclass
@@ -205,6 +222,7 @@ class LlamaRunner:
         self.vocab = self.model.vocab
         self.n_vocab = self.model.n_vocab()
         self._pieces: dict[int, bytes] = {}
+        self._ids = np.arange(self.n_vocab, dtype=np.int32)
         self._eog: dict[int, bool] = {}
 
     @property
@@ -281,20 +299,20 @@ class LlamaRunner:
                     param="logit_bias",
                     code="invalid_value",
                 )
-        grammar = None
+        grammar, root = None, "root"
         if sampling.json_schema is not None:
             try:
-                grammar = framed_grammar(
+                grammar, root = framed_grammar(
                     schema_grammar(sampling.json_schema, bounds.schema), sampling.grammar_open,
                     sampling.grammar_close, sampling.grammar_repeat,
                 )  # fmt: skip
             except SchemaRefused as exc:
                 raise PromptError(str(exc), param=exc.param, code="unsupported_schema") from exc
         seed = sampling.seed if sampling.seed is not None else random.randint(0, 2**31 - 1)
-        return Prepared(tokens, self.new_sampler(sampling, seed, grammar))
+        return Prepared(tokens, self.new_sampler(sampling, seed, grammar, root))
 
     def new_sampler(
-        self, sampling: Sampling, seed: int, grammar: str | None = None
+        self, sampling: Sampling, seed: int, grammar: str | None = None, root: str = "root"
     ) -> _internals.LlamaSampler | GreedyArgmax:
         """A sampler chain for one request: bias, penalties, grammar, then greedy or random."""
         neutral = sampling.repeat_penalty == 1 and not sampling.frequency_penalty and not sampling.presence_penalty
@@ -308,7 +326,7 @@ class LlamaRunner:
             sampling.presence_penalty,
         )  # fmt: skip
         if grammar is not None:
-            compiled = self._grammar_sampler(grammar, sampling.grammar_trigger)
+            compiled = self._grammar_sampler(grammar, sampling.grammar_trigger, root)
             if not compiled:  # llama.cpp could not parse it: the schema's fault, said before admission
                 sampler.close()
                 raise PromptError(
@@ -316,7 +334,7 @@ class LlamaRunner:
                     param="response_format",
                     code="unsupported_schema",
                 )
-            llama_cpp.llama_sampler_chain_add(sampler.sampler, compiled)
+            sampler.grammar = compiled
         if sampling.temperature == 0:
             sampler.add_greedy()
         else:
@@ -329,14 +347,13 @@ class LlamaRunner:
             sampler.add_dist(seed & 0xFFFFFFFF)  # llama.cpp takes 32 bits; any int a client sends maps into them
         return sampler
 
-    def _grammar_sampler(self, grammar: str, trigger: str) -> Any:
+    def _grammar_sampler(self, grammar: str, trigger: str, root: str = "root") -> Any:
         """llama.cpp's grammar sampler; lazy (free until `trigger` matches) when a trigger is given."""
-        root = FRAMED_ROOT.encode() if FRAMED_ROOT + " ::=" in grammar else b"root"
         if not trigger:
-            return llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), root)
+            return llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), root.encode())
         patterns = (ctypes.c_char_p * 1)(trigger.encode())
         return llama_cpp.llama_sampler_init_grammar_lazy_patterns(
-            self.vocab, grammar.encode(), root, patterns, 1, None, 0
+            self.vocab, grammar.encode(), root.encode(), patterns, 1, None, 0
         )
 
     # -- decoding (scheduler thread only) ------------------------------------------------
@@ -345,9 +362,42 @@ class LlamaRunner:
         if isinstance(sampler, GreedyArgmax):
             row = _get_logits_ith(self.ctx.ctx, index)
             return sampler.pick(np.ctypeslib.as_array(row, shape=(self.n_vocab,)))
-        if isinstance(sampler, GrammarSampler):  # may take long: the event loop and other models go on meanwhile
-            return llama_cpp.llama_sampler_sample(sampler.sampler, self.ctx.ctx, index)
+        if isinstance(sampler, GrammarSampler):
+            return self._sample_with_grammar(sampler, index)
         return _sampler_sample(sampler.sampler, self.ctx.ctx, index)
+
+    def _candidates(self, index: int) -> tuple[np.ndarray, llama_cpp.llama_token_data_array]:
+        """Every token with its logit at batch position `index`, as llama.cpp's samplers take them."""
+        row = np.ctypeslib.as_array(_get_logits_ith(self.ctx.ctx, index), shape=(self.n_vocab,))
+        data = np.empty(self.n_vocab, dtype=_TOKEN_DATA)
+        data["id"] = self._ids
+        data["logit"] = row
+        data["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            data.ctypes.data_as(llama_cpp.llama_token_data_p), self.n_vocab, -1, False
+        )
+        return data, array
+
+    def _sample_with_grammar(self, sampler: GrammarSampler, index: int) -> int:
+        """The chain's pick if the grammar takes it; else the pick among what the grammar allows.
+
+        The ctypes calls let the GIL go: a grammar pass may take long, and the event loop
+        and other models go on meanwhile.
+        """
+        data, array = self._candidates(index)
+        llama_cpp.llama_sampler_apply(sampler.sampler, ctypes.byref(array))
+        token = int(data["id"][array.selected])
+        one = np.array([(token, 1.0, 0.0)], dtype=_TOKEN_DATA)
+        single = llama_cpp.llama_token_data_array(one.ctypes.data_as(llama_cpp.llama_token_data_p), 1, -1, False)
+        llama_cpp.llama_sampler_apply(sampler.grammar, ctypes.byref(single))
+        if not np.isfinite(one["logit"][0]):  # refused: the grammar first, then the chain, over every token
+            data, array = self._candidates(index)
+            llama_cpp.llama_sampler_apply(sampler.grammar, ctypes.byref(array))
+            llama_cpp.llama_sampler_apply(sampler.sampler, ctypes.byref(array))
+            token = int(data["id"][array.selected])
+        llama_cpp.llama_sampler_accept(sampler.grammar, token)
+        llama_cpp.llama_sampler_accept(sampler.sampler, token)
+        return token
 
     def sample_with_probs(self, sampler: _internals.LlamaSampler, index: int, n_probs: int) -> tuple[int, dict]:
         """The next token, as `sample` picks it, with its log-probability and the `n_probs` likeliest.
@@ -356,19 +406,17 @@ class LlamaRunner:
         own sampling does; the probabilities are the softmax of the candidates its filters
         (grammar, top-k, top-p, min-p, temperature) leave, llama.cpp's post-sampling probs.
         """
-        row = np.ctypeslib.as_array(_get_logits_ith(self.ctx.ctx, index), shape=(self.n_vocab,))
-        data = np.empty(self.n_vocab, dtype=_TOKEN_DATA)
-        data["id"] = np.arange(self.n_vocab, dtype=np.int32)
-        data["logit"] = row
-        data["p"] = 0.0
-        array = llama_cpp.llama_token_data_array(
-            data.ctypes.data_as(llama_cpp.llama_token_data_p), self.n_vocab, -1, False
-        )
+        data, array = self._candidates(index)
+        grammar = sampler.grammar if isinstance(sampler, GrammarSampler) else None
+        if grammar:  # the probabilities are those the grammar leaves
+            llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
         llama_cpp.llama_sampler_apply(sampler.sampler, ctypes.byref(array))
         kept = data[: array.size]
         if array.selected < 0 or array.selected >= array.size:  # a chain without a final pick (never ours)
             raise RuntimeError("the sampler chain selected no token")
         token = int(kept["id"][array.selected])
+        if grammar:
+            llama_cpp.llama_sampler_accept(grammar, token)
         llama_cpp.llama_sampler_accept(sampler.sampler, token)
         logits = kept["logit"].astype(np.float64)
         finite = np.isfinite(logits)

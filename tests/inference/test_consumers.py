@@ -226,4 +226,7 @@ async def test_tools_with_a_prompt_are_refused_naming_the_field(secret, small_mo
     [error] = await until(comm, "error", "p")
     assert error["error"]["code"] in ("invalid_request_error", "invalid_value") or error["error"]["message"]
     assert "messages" in error["error"]["message"]
+    await comm.send_json_to(generate("q", small_model.id, tool_choice="required"))
+    [error] = await until(comm, "error", "q")
+    assert "needs 'tools'" in error["error"]["message"]
     await comm.disconnect()

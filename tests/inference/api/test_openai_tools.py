@@ -142,6 +142,10 @@ def test_bad_tools_and_choices_are_refused_by_name(live):
         ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format"),
         ({"chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
         ({"modalities": ["audio"]}, None),
+        ({"chat_template_kwargs": {"self": 1}}, "chat_template_kwargs"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"$id": "http://x/a", "$ref": "#/$defs/b"}},
+            "$defs": {"b": {"type": "integer"}}}}}]}, "tools.0.function.parameters"),
     ]  # fmt: skip
     for extra, param in cases:
         response = httpx.post(f"{url}/v1/chat/completions", headers=headers,
@@ -177,7 +181,7 @@ def test_n_choices_each_metered(openai_client, live):
     rows = list(UsageRecord.objects.order_by("request_id"))
     assert len(rows) == 3 and {r.status for r in rows} == {"completed"}
     assert reply.usage.completion_tokens == sum(r.completion_tokens for r in rows)
-    assert reply.usage.prompt_tokens == rows[0].prompt_tokens
+    assert reply.usage.prompt_tokens == sum(r.prompt_tokens for r in rows)  # each choice read it in its own slot
     stream = openai_client.chat.completions.create(
         model=live[2], messages=ASK, n=2, max_tokens=6, temperature=0.9, stream=True,
         stream_options={"include_usage": True},
@@ -235,3 +239,31 @@ def test_reasoning_goes_apart_and_is_counted(openai_client, live, fresh_engine, 
     )
     assert off.choices[0].message.content and not off.choices[0].message.model_extra.get("reasoning_content")
     assert off.usage.completion_tokens_details.reasoning_tokens == 0
+
+
+def test_a_grammar_from_the_first_token_turns_thinking_off(openai_client, live, fresh_engine):
+    LLMModel.objects.filter(pk=live[2]).update(chat_template=QWEN3_LIKE)
+    reply = openai_client.chat.completions.create(
+        model=live[2], messages=ASK, max_tokens=40, temperature=0, response_format={"type": "json_object"},
+    )  # fmt: skip
+    message = reply.choices[0].message
+    assert message.content.startswith("{") and not (message.model_extra or {}).get("reasoning_content")
+    calls = openai_client.chat.completions.create(
+        model=live[2], messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=MAX, temperature=0, **ONE,
+    ).choices[0].message.tool_calls  # fmt: skip
+    assert calls and calls[0].function.name == "get_weather"
+
+
+def test_hostile_history_is_no_server_error(live):
+    url, secret, model = live
+    deep = "[" * 20000 + "]" * 20000
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": deep}}]},
+        {"role": "tool", "tool_call_id": "unknown", "content": [{"type": "text", "text": "18C"}]}]  # fmt: skip
+    for tools in (None, [WEATHER]):
+        response = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {secret}"},
+                              json={"model": model, "messages": history, "max_tokens": 2, "tools": tools},
+                              timeout=60)  # fmt: skip
+        # the deep arguments go into the prompt as text: far past this model's context, and said so
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "context_length_exceeded"

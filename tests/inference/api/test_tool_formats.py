@@ -116,6 +116,9 @@ def test_each_familys_output_parses_whole_or_streamed_in_any_two_pieces(db, temp
         (MISTRAL, "[1, 2]"),
         (CHATML, '{"response": "It is sunny."}'),
         (QWEN, "No call here, only a < sign and <tool_ at the end <tool_"),
+        (MISTRAL, '[{"name": ["get_weather"], "arguments": {}}]'),  # a name that is no name
+        (LLAMA3, '{"name": "get_weather", "parameters": {"city": ' + "[" * 5000 + "]" * 5000 + "}}"),
+        (CHATML, '{"tool_calls": [{"name": {"x": 1}, "arguments": {}}]}'),
     ],
 )
 def test_what_is_not_a_whole_valid_call_is_content_nothing_lost(db, template, output):
@@ -126,6 +129,12 @@ def test_what_is_not_a_whole_valid_call_is_content_nothing_lost(db, template, ou
         text = "".join(t for _, t in pieces)
         assert not reader.calls
         assert text == (json.loads(output)["response"] if output.startswith('{"response"') else output), cut
+
+
+def test_a_hermes_argument_may_hold_the_closing_tag(db):
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "a</tool_call>b"}}\n</tool_call>'
+    calls, content = plan_for(QWEN, [WEATHER], "auto").parse(text)
+    assert calls == [{"name": "get_weather", "arguments": {"city": "a</tool_call>b"}}] and content == ""
 
 
 def test_hermes_content_streams_before_the_call_and_a_partial_tag_is_held(db):
@@ -149,9 +158,9 @@ def test_thinking_comes_out_first_then_calls(db):
 def test_every_familys_grammar_is_one_llama_cpp_parses(db, bundled_gguf, template, choice):
     sampling = Sampling()
     plan_for(template, [WEATHER], choice).constrain(sampling, thinking="maybe")
-    grammar = framed_grammar(schema_grammar(sampling.json_schema, SchemaBounds()), sampling.grammar_open,
+    grammar, root = framed_grammar(schema_grammar(sampling.json_schema, SchemaBounds()), sampling.grammar_open,
                              sampling.grammar_close, sampling.grammar_repeat)  # fmt: skip
-    sampler = _VocabSampler(bundled_gguf).grammar(grammar, sampling.grammar_trigger)
+    sampler = _VocabSampler(bundled_gguf).grammar(grammar, sampling.grammar_trigger, root)
     assert sampler
     llama_cpp.llama_sampler_free(sampler)
 
@@ -166,8 +175,8 @@ class _VocabSampler:
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
 
-    def grammar(self, grammar: str, trigger: str):
-        return LlamaRunner._grammar_sampler(self, grammar, trigger)
+    def grammar(self, grammar: str, trigger: str, root: str = "root"):
+        return LlamaRunner._grammar_sampler(self, grammar, trigger, root)
 
     def tokens(self, text: str) -> list[int]:
         buf = (llama_cpp.llama_token * 256)()
@@ -192,9 +201,9 @@ def test_a_lazy_grammar_lets_text_through_until_the_trigger_then_holds_the_call(
     vocab = _VocabSampler(bundled_gguf)
     sampling = Sampling()
     plan_for(QWEN, [WEATHER], "auto").constrain(sampling)
-    grammar = framed_grammar(schema_grammar(sampling.json_schema, SchemaBounds()), sampling.grammar_open,
+    grammar, root = framed_grammar(schema_grammar(sampling.json_schema, SchemaBounds()), sampling.grammar_open,
                              sampling.grammar_close, sampling.grammar_repeat)  # fmt: skip
-    sampler = vocab.grammar(grammar, sampling.grammar_trigger)
+    sampler = vocab.grammar(grammar, sampling.grammar_trigger, root)
     try:
         for token in vocab.tokens("Let me check. "):
             llama_cpp.llama_sampler_accept(sampler, token)
@@ -203,6 +212,26 @@ def test_a_lazy_grammar_lets_text_through_until_the_trigger_then_holds_the_call(
             llama_cpp.llama_sampler_accept(sampler, token)
         allowed = vocab.allowed(sampler)
         assert allowed and all(vocab.piece(t).startswith("\n") for t in allowed)  # "<tool_call>\n{..." only
+    finally:
+        llama_cpp.llama_sampler_free(sampler)
+        llama_cpp.llama_model_free(vocab.model)
+
+
+@pytest.mark.parametrize(("template", "thinking"), [(QWEN, ""), (QWEN, "inside"), (LLAMA3, ""), (MISTRAL, "")])
+def test_a_lazy_trigger_survives_a_very_long_output(db, bundled_gguf, template, thinking):
+    """llama.cpp searches the whole output for the trigger after every token: 80,000 characters must not crash."""
+    vocab = _VocabSampler(bundled_gguf)
+    sampling = Sampling()
+    plan_for(template, [WEATHER], "auto").constrain(sampling, thinking=thinking)
+    grammar, root = framed_grammar(schema_grammar(sampling.json_schema, SchemaBounds()), sampling.grammar_open,
+                                   sampling.grammar_close, sampling.grammar_repeat)  # fmt: skip
+    sampler = vocab.grammar(grammar, sampling.grammar_trigger, root)
+    try:
+        tokens = vocab.tokens("=" * 4000)
+        for _ in range(20):  # 80,000 characters into the trigger's buffer, searched after each token
+            for token in tokens:
+                llama_cpp.llama_sampler_accept(sampler, token)
+        assert len(vocab.allowed(sampler)) > vocab.n_vocab // 2  # still waiting, still free
     finally:
         llama_cpp.llama_sampler_free(sampler)
         llama_cpp.llama_model_free(vocab.model)

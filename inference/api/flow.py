@@ -119,15 +119,26 @@ async def submit(
 
 
 async def submit_choices(
-    *, principal: Principal, spec: ModelSpec, jobs: list[Job], endpoint: str, request_id: str, client: str | None
+    *,
+    principal: Principal,
+    spec: ModelSpec,
+    jobs: list[Job],
+    endpoint: str,
+    request_id: str,
+    client: str | None,
+    same_prompt: bool = False,
 ) -> list[JobHandle]:
     """`submit` each choice's job (its own slot, limits and usage row: `request_id`, then `request_id-1`, ...).
 
-    A refusal of any choice cancels the ones already queued: a request is answered whole or not at all.
+    With `same_prompt` the others wait for the first one's first token: its prompt is then in
+    its slot, and theirs is copied from there rather than computed again. A refusal of any
+    choice cancels the ones already queued: a request is answered whole or not at all.
     """
     handles: list[JobHandle] = []
     try:
         for i, job in enumerate(jobs):
+            if i == 1 and same_prompt:
+                await handles[0].first_ready()
             row_id = request_id if i == 0 else f"{request_id}-{i}"
             handle = await submit(principal=principal, spec=spec, job=job, endpoint=endpoint, request_id=row_id,
                                   client=client)  # fmt: skip

@@ -85,7 +85,7 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     request_id = flow.new_request_id()
     handles = await flow.submit_choices(
         principal=request.auth, spec=spec, jobs=choice_jobs(setup.job, body.n), endpoint="chat.completions",
-        request_id=request_id, client=flow.client_address(request),
+        request_id=request_id, client=flow.client_address(request), same_prompt=True,
     )  # fmt: skip
     base = {"id": f"chatcmpl-{request_id[4:]}", "created": flow.now(), "model": spec.model_id}
     if not body.stream:
@@ -222,7 +222,7 @@ async def completions(request: HttpRequest, body: CompletionRequest) -> HttpResp
     request_id = flow.new_request_id()
     handles = await flow.submit_choices(
         principal=request.auth, spec=spec, jobs=jobs, endpoint="completions",
-        request_id=request_id, client=flow.client_address(request),
+        request_id=request_id, client=flow.client_address(request), same_prompt=len(body.prompts()) == 1,
     )  # fmt: skip
     base = {"id": f"cmpl-{request_id[4:]}", "object": "text_completion", "created": flow.now(), "model": spec.model_id}
     if not body.stream:

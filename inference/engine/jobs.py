@@ -269,6 +269,12 @@ class JobHandle:
         """Events handed over but not yet taken by the consumer (event loop only)."""
         return len(self._events)
 
+    async def first_ready(self) -> None:
+        """Wait until the job's first event is here (its prompt is in its slot, or it ended); consumes nothing."""
+        while not self._events:
+            self._ready.clear()
+            await self._ready.wait()
+
     def drain_tokens(self) -> list[Token]:
         """Take the tokens already waiting, up to (not including) the outcome; event loop only."""
         tokens = []

@@ -10,7 +10,7 @@ instead of recomputing it. As in llama.cpp's server (`--cache-ram`), an entry mo
 back into the slot it is restored to; the oldest entries go first past the byte limit.
 
 `PrefixReuse` is the scheduler's policy over it: where a newly admitted request's KV
-prefix comes from (its slot, another free slot, or this cache) and when a slot is copied
+prefix comes from (its slot, another slot, or this cache) and when a slot is copied
 out. Used by one scheduler thread only; not thread-safe.
 """
 
@@ -111,7 +111,7 @@ class PrefixReuse:
         self.runner, self.cache, self.stats = runner, cache, stats
 
     def bring_longest(self, slot: KVSlot, others: list[KVSlot], tokens: list[int]) -> bool:
-        """Copy into `slot` the KV of another free slot or a cached prompt sharing more of `tokens`.
+        """Copy into `slot` the KV of another slot (free or busy) or a cached prompt sharing more of `tokens`.
 
         A copy moves the whole stored sequence, so it must save enough prefill to pay for
         itself: at least 4 tokens and a 64th of the copied length. True if one was copied.

@@ -240,8 +240,8 @@ class BatchScheduler:
 
         Always the lowest: llama.cpp decodes only consecutive sequences of a per-slot KV cache
         in one ubatch, so requests in slots 0 and 2 cost two passes over the weights per step
-        where slots 0 and 1 cost one. The prefix comes from the slot itself, from another free
-        slot or from the prompt cache, whichever shares most of the prompt; a slot about to
+        where slots 0 and 1 cost one. The prefix comes from the slot itself, from another slot
+        (free or busy) or from the prompt cache, whichever shares most of the prompt; a slot about to
         lose tokens to a request that does not share them is copied into the prompt cache.
         """
         while self._waiting:
@@ -251,7 +251,9 @@ class BatchScheduler:
             item = self._waiting.popleft()
             slot = free[0]
             try:
-                self._seat(item, slot, free[1:])
+                # Every other slot may lend its prefix, busy ones too (a sibling choice, a shared system prompt):
+                # the copy reads the donor's sequence and leaves it as it is.
+                self._seat(item, slot, [s for s in self.slots if s is not slot])
             except Exception as exc:  # this request's own failure: it ends, the others go on
                 logger.exception("admitting a request on %s failed", self.runner.spec.model_id)
                 self.stats["request_failures"] += 1

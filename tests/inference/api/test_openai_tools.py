@@ -267,3 +267,22 @@ def test_hostile_history_is_no_server_error(live):
         # the deep arguments go into the prompt as text: far past this model's context, and said so
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_each_choice_reuses_the_first_ones_prompt(openai_client, live, fresh_engine):
+    from inference.engine import get_engine
+
+    def reused() -> int:
+        loaded = get_engine().status()["loaded"]
+        return sum(m["scheduler"]["prefix_tokens_reused"] for m in loaded) if loaded else 0
+
+    # ~300 tokens: their prefill takes far longer than submitting the next choice does
+    text = " ".join(f"river{i} meanders" for i in range(60))
+    question = [{"role": "user", "content": f"A question no other test asks: {text}. Why?"}]
+    openai_client.models.retrieve(live[2])
+    reply = openai_client.chat.completions.create(model=live[2], messages=question, n=3, max_tokens=4,
+                                                  temperature=0.8, seed=5)  # fmt: skip
+    prompt = reply.usage.prompt_tokens // 3
+    # Choices 2 and 3 were admitted after choice 1's first token: their prompt came from its slot
+    # (copied, or their own slot if choice 1 had left it), never computed again.
+    assert reused() >= 2 * (prompt - 1)

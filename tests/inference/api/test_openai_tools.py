@@ -7,6 +7,7 @@ import openai
 import pytest
 from jsonschema import validate
 
+from inference.api.tool_formats import family
 from models_app.models import LLMModel, UsageRecord
 from tests.inference.conftest import NO_EOS_BIAS
 
@@ -286,3 +287,30 @@ def test_each_choice_reuses_the_first_ones_prompt(openai_client, live, fresh_eng
     # Choices 2 and 3 were admitted after choice 1's first token: their prompt came from its slot
     # (copied, or their own slot if choice 1 had left it), never computed again.
     assert reused() >= 2 * (prompt - 1)
+
+
+def test_a_gguf_with_a_hermes_template_is_detected_rendered_and_parsed(openai_client, live, models_dir, bundled_gguf):
+    """A copy of the bundled GGUF whose tokenizer.chat_template is Hermes-style, made with gguf_new_metadata."""
+    import subprocess
+    import sys
+
+    from models_app.scanning import scan_models
+
+    target = models_dir / "smol-hermes.gguf"
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(bundled_gguf), str(target),
+                    "--chat-template", HERMES, "--force"], check=True, capture_output=True, timeout=120)  # fmt: skip
+    [added] = scan_models(models_dir).added
+    model = LLMModel.objects.get(pk=added)
+    assert model.chat_template == HERMES and family(model.chat_template) == "hermes"
+    url, secret, _ = live
+    rendered = httpx.post(f"{url}/v1/tokenize", headers={"Authorization": f"Bearer {secret}"},
+                          json={"model": model.id, "messages": ASK, "return_token_strs": True}).json()  # fmt: skip
+    assert rendered["count"] > 0
+    reply = openai_client.chat.completions.create(
+        model=model.id, messages=ASK, tools=[WEATHER], tool_choice="required", max_tokens=MAX, temperature=0, **ONE,
+    )  # fmt: skip
+    [call] = reply.choices[0].message.tool_calls
+    _valid(call, WEATHER)
+    # The template got the tools: the prompt holds their JSON, which the bare ChatML prompt does not.
+    bare = openai_client.chat.completions.create(model=model.id, messages=ASK, max_tokens=1)
+    assert reply.usage.prompt_tokens > bare.usage.prompt_tokens + 20

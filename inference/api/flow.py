@@ -137,8 +137,11 @@ async def submit_choices(
     handles: list[JobHandle] = []
     try:
         for i, job in enumerate(jobs):
-            if i == 1 and same_prompt:
+            if i == 1 and same_prompt and getattr(get_engine(), "shares_slots", False):
                 await handles[0].first_ready()
+                ended = handles[0].ended_early()
+                if ended is not None:  # the first failed before its first token: so would the others
+                    raise outcome_error(ended, request_id)
             row_id = request_id if i == 0 else f"{request_id}-{i}"
             handle = await submit(principal=principal, spec=spec, job=job, endpoint=endpoint, request_id=row_id,
                                   client=client)  # fmt: skip

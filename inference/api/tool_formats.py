@@ -121,7 +121,7 @@ class Plan:
             trigger = _escape("[TOOL_CALLS]")
         else:  # llama3: one call, a bare object at the start of the answer (after the python tag, if shown)
             sampling.json_schema = _call_schema(self.tools, "parameters")
-            sampling.grammar_trigger = "" if self.strict else r"^(?:<\|python_tag\|>)?(\{)"
+            sampling.grammar_trigger = "" if self.strict else r"^\s{0,8}(?:<\|python_tag\|>)?(\{)"
             return
         if self.strict:
             return

@@ -275,6 +275,11 @@ class JobHandle:
             self._ready.clear()
             await self._ready.wait()
 
+    def ended_early(self) -> "Outcome | None":
+        """The outcome, if the job failed before any token (what `first_ready` found); None otherwise."""
+        first = self._events[0] if self._events else None
+        return first if isinstance(first, Outcome) and first.status != "completed" else None
+
     def drain_tokens(self) -> list[Token]:
         """Take the tokens already waiting, up to (not including) the outcome; event loop only."""
         tokens = []

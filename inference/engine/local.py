@@ -15,6 +15,9 @@ from inference.engine.spec import ModelSpec
 class LocalEngine:
     """Runs jobs on this machine. Views only see `submit`, `load`, `unload` and `status`."""
 
+    # choices of one request run in this process's slots: a later one can copy an earlier one's prompt
+    shares_slots = True
+
     def __init__(self, pool: ModelPool, bounds: RequestBounds | None = None) -> None:
         self.pool = pool
         self.bounds = bounds or RequestBounds()

@@ -53,6 +53,8 @@ def _resolve(future: asyncio.Future, value: object) -> None:
 class RemoteEngine:
     """Runs jobs on inference nodes; the same `submit`, `load`, `unload`, `status` as LocalEngine."""
 
+    shares_slots = False  # choices may land on different nodes: waiting for one to copy its prompt gains nothing
+
     def __init__(self, *, heartbeat_s: float, layer_alias: str = DEFAULT_CHANNEL_LAYER) -> None:
         self.directory = NodeDirectory(heartbeat_s=heartbeat_s)
         self._refresh_s = min(1.0, heartbeat_s / 2)

@@ -215,6 +215,7 @@ class BatchScheduler:
     def _end_waiting(self, item: QueuedItem, outcome: Outcome) -> None:
         with self._lock:
             self._hold(item.job, -1)
+        item.sampler.close()  # its native chain (and grammar) now, not at the next cyclic collection
         item.handle.push(outcome)
 
     def _expire_waiting(self) -> None:
@@ -382,6 +383,7 @@ class BatchScheduler:
 
     def _finish(self, slot: Slot, status: str, finish_reason: str, *, error: str = "", code: str = "") -> None:
         request, slot.request = slot.request, None
+        request.sampler.close()  # its native chain (and grammar) now, not at the next cyclic collection
         if status == "error":
             self.runner.forget(slot.seq_id)  # a failed step may have left partial KV
             slot.cached = []

@@ -43,9 +43,12 @@ def reset_limiter() -> None:
 
 
 def estimate_tokens(job: Job) -> int:
-    """What a job reserves against tokens per minute: its max_tokens plus ~1 token per 3 prompt characters."""
-    if job.kind == "embedding":
-        return max(1, sum(len(text) for text in job.inputs) // 3)
+    """What a job reserves against tokens per minute: its max_tokens plus ~1 token per 3 prompt characters
+    (a prompt sent as token ids: their count)."""
+    if job.kind == "embedding":  # token ids count one each
+        return max(1, sum(len(x) if isinstance(x, list) else len(x) // 3 for x in job.inputs))
+    if job.kind == "completion" and job.prompt_tokens:
+        return job.sampling.max_tokens + len(job.prompt_tokens)
     chars = sum(_chars(m.get("content")) for m in job.messages) if job.kind == "chat" else len(job.prompt)
     return job.sampling.max_tokens + chars // 3
 

@@ -234,7 +234,8 @@ async def test_requests_take_the_lowest_free_slots_and_a_free_slots_kv_is_copied
         i for i, job in enumerate(jobs) if worker.slots[1].cached[: results[i][1].prompt_tokens]
         == worker.runner.tokenize_prompt(job)
     )  # fmt: skip
+    copies = worker.stats["slot_copies"]  # the second may have copied the first's system prompt, busy or not
     again = await run(engine, spec, chat(spec, jobs[in_slot_1].messages[0]["content"]))
-    assert worker.stats["slot_copies"] == 1
+    assert worker.stats["slot_copies"] == copies + 1
     assert again[0] == results[in_slot_1][0]
     assert [bool(slot.cached) for slot in worker.slots] == [True, True, False, False]

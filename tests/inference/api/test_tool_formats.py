@@ -2,15 +2,17 @@
 
 import ctypes
 import json
+import re
 
 import llama_cpp
 import pytest
+from llama_cpp import _internals
 
 from inference.api.thinking import ThinkingSplitter
 from inference.api.tool_formats import ReplyReader, family, plan_for
 from inference.engine import Sampling
 from inference.engine.grammar import SchemaBounds, framed_grammar, schema_grammar
-from inference.engine.llama_runner import LlamaRunner
+from inference.engine.llama_runner import GrammarSampler, LlamaRunner
 from models_app.chat_templates import render_chat_template
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.", "parameters": {
@@ -235,3 +237,48 @@ def test_a_lazy_trigger_survives_a_very_long_output(db, bundled_gguf, template, 
     finally:
         llama_cpp.llama_sampler_free(sampler)
         llama_cpp.llama_model_free(vocab.model)
+
+
+class _Runner(_VocabSampler):
+    """What LlamaRunner's trigger check reads: the vocabulary, its tokenizer, and pieces with control tokens."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self.model = _internals.LlamaModel(path_model=str(path), params=params, verbose=False)
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        return _VocabSampler.piece(self, token).encode()
+
+    _grammar_allows = LlamaRunner._grammar_allows
+
+
+def _lazy(runner, template):
+    sampling = Sampling()
+    plan_for(template, [WEATHER], "auto").constrain(sampling)
+    grammar, root = framed_grammar(schema_grammar(sampling.json_schema, SchemaBounds()), sampling.grammar_open,
+                                   sampling.grammar_close, sampling.grammar_repeat)  # fmt: skip
+    sampler = GrammarSampler()
+    sampler.grammar = runner.grammar(grammar, sampling.grammar_trigger, root)
+    sampler.grammar_text, sampler.root, sampler.trigger = grammar, root, re.compile(sampling.grammar_trigger)
+    return sampler
+
+
+def _token(runner, predicate):
+    return next(t for t in range(runner.n_vocab) if predicate(runner.piece(t).decode("utf-8", "replace")))
+
+
+def test_a_token_that_fires_a_trigger_into_text_the_grammar_refuses_is_never_taken(db, bundled_gguf):
+    """llama.cpp aborts the process if the rest of a trigger-firing token does not fit the grammar: checked first."""
+    runner = _Runner(bundled_gguf)
+    llama3 = _lazy(runner, LLAMA3)
+    assert not LlamaRunner._trigger_safe(runner, llama3, _token(runner, lambda p: p == "{}"))
+    assert LlamaRunner._trigger_safe(runner, llama3, _token(runner, lambda p: p == "{"))
+    assert LlamaRunner._trigger_safe(runner, llama3, _token(runner, lambda p: p == "Hello"))
+    hermes = _lazy(runner, QWEN)
+    hermes.waiting = "Let me check. <tool_call"
+    odd_close = _token(runner, lambda p: len(p) == 2 and p[0] == ">" and p[1] not in "\n ")
+    assert not LlamaRunner._trigger_safe(runner, hermes, odd_close)
+    assert LlamaRunner._trigger_safe(runner, hermes, _token(runner, lambda p: p == ">"))
+    assert LlamaRunner._trigger_safe(runner, hermes, _token(runner, lambda p: p == "."))  # no trigger at all

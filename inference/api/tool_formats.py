@@ -7,6 +7,7 @@ The family is read from the chat template:
 - **llama3** (Llama 3.1-3.3): a bare `{"name": ..., "parameters": {...}}` object
   (after `<|python_tag|>`, a control token that does not show in the text).
 - **mistral** (Mistral Nemo, Small, ...): `[TOOL_CALLS][{"name": ..., "arguments": {...}}]`.
+- **firefunction** (FireFunction v2, and templates that ask for its marker): `functools[{...}, ...]`.
 - **generic**: every other template (the bundled SmolLM2's plain ChatML): the tools go in
   the system message and the reply is held to a call or an answer (`tools.py`).
 
@@ -30,8 +31,12 @@ from inference.api.errors import InvalidRequest
 from inference.api.thinking import ThinkingSplitter, _held_prefix
 from inference.engine import Sampling
 
-FAMILIES = ("hermes", "llama3", "mistral", "generic")
+FAMILIES = ("hermes", "llama3", "mistral", "firefunction", "generic")
 _REGEX_SPECIALS = set("\\^$.|?*+()[]{}")
+
+
+# Families whose calls follow a marker as one JSON array of {"name", "arguments"}
+_ARRAY_MARKERS = {"mistral": "[TOOL_CALLS]", "firefunction": "functools"}
 
 
 def family(template: str) -> str:
@@ -40,6 +45,8 @@ def family(template: str) -> str:
         return "generic"
     if "[TOOL_CALLS]" in template:
         return "mistral"
+    if "functools[" in template:
+        return "firefunction"
     if "<tool_call>" in template:
         return "hermes"
     if "<|start_header_id|>" in template and "ipython" in template:
@@ -112,13 +119,13 @@ class Plan:
             sampling.grammar_open, sampling.grammar_close = "<tool_call>\n", "\n</tool_call>"
             sampling.grammar_repeat = self.max_calls
             trigger = _escape("<tool_call>")
-        elif self.family == "mistral":
+        elif self.family in _ARRAY_MARKERS:  # a marker, then every call in one JSON array
             one = _call_schema(self.tools, "arguments")
             defs = one.pop("$defs", None)
             array = {"type": "array", "items": one, "minItems": 1, "maxItems": self.max_calls}
             sampling.json_schema = {**array, "$defs": defs} if defs else array
-            sampling.grammar_open = "[TOOL_CALLS]"
-            trigger = _escape("[TOOL_CALLS]")
+            sampling.grammar_open = _ARRAY_MARKERS[self.family]
+            trigger = _escape(_ARRAY_MARKERS[self.family])
         else:  # llama3: one call, a bare object at the start of the answer (after the python tag, if shown)
             sampling.json_schema = _call_schema(self.tools, "parameters")
             sampling.grammar_trigger = "" if self.strict else r"^\s{0,8}(?:<\|python_tag\|>)?(\{)"
@@ -140,6 +147,8 @@ class Plan:
             return "<tool_call>", False
         if self.family == "mistral":
             return "[", True  # "[TOOL_CALLS]" is a control token: the text shows the array
+        if self.family == "firefunction":
+            return "functools", False
         if self.family == "llama3":
             return "{", True
         return "", True
@@ -167,6 +176,11 @@ class Plan:
             body = body.removeprefix("[TOOL_CALLS]").strip()
             found = _loads(body) if body.startswith("[") else None
             return self._checked(found if isinstance(found, list) else None, "arguments", text, "")
+        if self.family == "firefunction":
+            start = text.find("functools")
+            body = text[start + len("functools") :].strip() if start >= 0 else ""
+            found = _loads(body) if body.startswith("[") else None
+            return self._checked(found if isinstance(found, list) else None, "arguments", text, text[:start].strip())
         body = body.removeprefix("<|python_tag|>").strip()
         found = _loads(body) if body.startswith("{") else None
         return self._checked([found] if found is not None else None, "parameters", text, "")

@@ -40,12 +40,18 @@ MISTRAL = (
     "{%- elif message.tool_calls %}[TOOL_CALLS]{{ message.tool_calls | tojson }}</s>"
     "{%- else %}{{ message.content }}</s>{%- endif %}{%- endfor %}"
 )
+FIREFUNCTION = (
+    "{%- if tools %}<|start_header_id|>system<|end_header_id|>\nIf you decide to call functions, write them as "
+    'functools[{"name": ..., "arguments": ...}, ...]\n{{ tools | tojson }}<|eot_id|>{%- endif %}'
+    "{%- for message in messages %}<|start_header_id|>{{ message.role }}<|end_header_id|>\n{{ message.content }}"
+    "<|eot_id|>{%- endfor %}<|start_header_id|>assistant<|end_header_id|>\n"
+)
 CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
 
 
 @pytest.mark.parametrize(
     ("template", "expected"),
-    [(QWEN, "hermes"), (LLAMA3, "llama3"), (MISTRAL, "mistral"), (CHATML, "generic"),
+    [(QWEN, "hermes"), (LLAMA3, "llama3"), (MISTRAL, "mistral"), (FIREFUNCTION, "firefunction"), (CHATML, "generic"),
      (CHATML + "<tool_call>", "generic")],  # mentions the tag but renders no tools: the generic way
 )  # fmt: skip
 def test_the_family_is_read_from_the_template(template, expected):
@@ -94,6 +100,7 @@ def test_the_generic_way_names_each_result_by_its_call(db):
         (LLAMA3, '{"name": "get_weather", "parameters": {"city": "Paris"}}', ""),
         (MISTRAL, '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "Paris"}}]', ""),
         (MISTRAL, '[{"name": "get_weather", "arguments": {"city": "Paris"}}]', ""),  # the control token unprinted
+        (FIREFUNCTION, 'Checking. functools[{"name": "get_weather", "arguments": {"city": "Paris"}}]', "Checking."),
         (CHATML, '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}', ""),
     ],
 )  # fmt: skip
@@ -156,7 +163,7 @@ def test_thinking_comes_out_first_then_calls(db):
 
 
 @pytest.mark.parametrize("choice", ["auto", "required"])
-@pytest.mark.parametrize("template", [QWEN, LLAMA3, MISTRAL, CHATML])
+@pytest.mark.parametrize("template", [QWEN, LLAMA3, MISTRAL, FIREFUNCTION, CHATML])
 def test_every_familys_grammar_is_one_llama_cpp_parses(db, bundled_gguf, template, choice):
     sampling = Sampling()
     plan_for(template, [WEATHER], choice).constrain(sampling, thinking="maybe")
@@ -219,7 +226,9 @@ def test_a_lazy_grammar_lets_text_through_until_the_trigger_then_holds_the_call(
         llama_cpp.llama_model_free(vocab.model)
 
 
-@pytest.mark.parametrize(("template", "thinking"), [(QWEN, ""), (QWEN, "inside"), (LLAMA3, ""), (MISTRAL, "")])
+@pytest.mark.parametrize(
+    ("template", "thinking"), [(QWEN, ""), (QWEN, "inside"), (LLAMA3, ""), (MISTRAL, ""), (FIREFUNCTION, "")]
+)
 def test_a_lazy_trigger_survives_a_very_long_output(db, bundled_gguf, template, thinking):
     """llama.cpp searches the whole output for the trigger after every token: 80,000 characters must not crash."""
     vocab = _VocabSampler(bundled_gguf)

@@ -4,6 +4,8 @@ Same auth, limits, engine and metering as /v1 (all through flow.py); only the sh
 differ: NDJSON streams by default, durations in nanoseconds, errors as `{"error": "..."}`.
 """
 
+import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -14,7 +16,6 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router
 
 from inference.api import flow
-from inference.api import tools as tool_calls
 from inference.api.errors import InvalidRequest, NotFound, PermissionDenied, as_api_error
 from inference.api.ollama_schemas import (
     OllamaChatRequest,
@@ -26,6 +27,7 @@ from inference.api.ollama_schemas import (
 )
 from inference.api.schemas import parse_keep_alive
 from inference.api.thinking import ThinkingSplitter, opens_thinking
+from inference.api.tool_formats import Plan, ReplyReader, plan_for
 from inference.auth import BearerAuth, Principal
 from inference.engine import Outcome, Token, get_engine
 from inference.engine.spec import ModelSpec
@@ -200,15 +202,19 @@ async def _tool_reply(
     name: str,
     stream: bool,
     ignored: list[str],
-    tools: list[tool_calls.Tool],
+    plan: Plan,
 ) -> HttpResponse:
     """A chat with tools: the whole reply tells a call from an answer, so it comes as one message, then `done`."""
     handle, request_id, load_ns = await _submit(request, spec, job, "ollama.chat")
     text, outcome = await flow.collect(handle, request_id)
-    calls, content = tool_calls.parse_reply(text, tools)
+    reader = ReplyReader(plan, None)
+    content = "".join(t for _, t in reader.feed(text) + reader.finish())
     message: dict[str, Any] = {"role": "assistant", "content": content}
-    if calls:
-        message["tool_calls"] = [{"function": call} for call in calls]
+    if reader.calls:  # Ollama's shape: arguments as an object
+        message["tool_calls"] = [
+            {"function": {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}}
+            for c in reader.calls
+        ]
     done = {"done": True, "done_reason": outcome.finish_reason, **durations(outcome, load_ns)}
     if not stream:
         return _json({"model": name, "created_at": timestamp(), "message": message, **done}, request_id, ignored)
@@ -258,7 +264,9 @@ async def chat(request: HttpRequest, body: OllamaChatRequest) -> HttpResponse:
     if not body.messages:
         return await _load_or_unload(request, spec, body.keep_alive, {"model": body.model, "created_at": timestamp(),
                                                                        "message": message})  # fmt: skip
-    tools = tool_calls.parse_tools(body.tools) if body.tools else []
+    # Ollama has no tool_choice: tools are "auto", in the template family's own format (tool_formats.py)
+    plan = await asyncio.to_thread(plan_for, spec.chat_template, body.tools, "auto")
+    tools = plan.tools
     for field, clash in (("format", body.format), ("think", body.think)):
         if tools and clash:
             raise InvalidRequest(f"{field} and tools both shape the reply; send one of them", param=field,
@@ -268,19 +276,19 @@ async def chat(request: HttpRequest, body: OllamaChatRequest) -> HttpResponse:
         if m.images:
             raise InvalidRequest(f'"{body.model}" does not support images', param=f"messages.{i}.images",
                                  code="unsupported_feature")  # fmt: skip
-    # earlier calls as the JSON the model wrote them in; the tools' instruction in the system message
-    messages = tool_calls.history(
-        [m.model_dump(include={"role", "content", "tool_calls", "tool_name"}) for m in body.messages]
+    # earlier calls as the template (or, the generic way, the JSON the model wrote them in) shows them
+    messages = plan.messages(
+        [m.model_dump(include={"role", "content", "tool_calls", "tool_name"}) for m in body.messages],
+        spec.system_prompt,
     )
-    if tools:
-        messages = tool_calls.with_instruction(messages, tools, spec.system_prompt)
     options = parse_options(body.options, body.keep_alive)
-    sampling = _sampling(spec, options, tool_calls.reply_schema(tools) if tools else _schema_of(body.format))
+    sampling = _sampling(spec, options, _schema_of(body.format))
+    plan.constrain(sampling)
     job = flow.make_job(spec, options.sampling, kind="chat", messages=messages, sampling=sampling,
-                        enable_thinking=enable_thinking)  # fmt: skip
+                        enable_thinking=enable_thinking, tools=plan.template_tools())  # fmt: skip
     if tools:
         return await _tool_reply(request, spec=spec, job=job, name=body.model, stream=body.stream,
-                                 ignored=options.ignored, tools=tools)  # fmt: skip
+                                 ignored=options.ignored, plan=plan)  # fmt: skip
 
     def piece(content: str, thinking: str | None) -> dict[str, Any]:
         message = {"role": "assistant", "content": content}

@@ -227,8 +227,10 @@ def _hermes_calls(text: str) -> list[Any] | None:
 
 def _named_result(m: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
     """A tool message with the name of the call it answers (OpenAI sends only the call's id)."""
-    if m["role"] != "tool" or m.get("name") or not m.get("tool_call_id"):
-        return {**m, "tool_name": m.get("name")} if m["role"] == "tool" else m
+    if m["role"] != "tool" or m.get("tool_name"):  # Ollama names it itself
+        return m
+    if m.get("name") or not m.get("tool_call_id"):
+        return {**m, "tool_name": m.get("name")}
     for earlier in messages:
         for call in earlier.get("tool_calls") or []:
             if call.get("id") == m["tool_call_id"]:

@@ -179,3 +179,33 @@ def test_version_is_open_and_the_management_api_still_answers(live):
     assert httpx.get(f"{live[0]}/api/version").json()["version"]
     # /api/v1/ is the management API (session or token auth), not Ollama's
     assert httpx.get(f"{live[0]}/api/v1/models/", headers={"Authorization": f"Bearer {live[1]}"}).status_code == 200
+
+
+def test_tools_go_through_a_hermes_template_and_its_history_renders_natively(api, live, fresh_engine):
+    from inference.api.tool_formats import plan_for
+    from inference.engine.llama_runner import render_prompt
+    from inference.engine.spec import ModelSpec
+    from inference.engine.vocab import vocab_for
+    from models_app.models import LLMModel
+    from tests.inference.api.test_openai_tools import HERMES, WEATHER
+
+    LLMModel.objects.filter(pk=live[2]).update(chat_template=HERMES)
+    history = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather",
+                                                                           "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "tool_name": "get_weather", "content": "18C"},
+    ]  # fmt: skip
+    options = {"num_predict": 1, "temperature": 0}
+    plain = api.post("/api/chat", json={"model": NAME, "messages": history, "stream": False, "options": options})
+    with_tools = api.post("/api/chat", json={"model": NAME, "messages": history, "stream": False, "options": options,
+                                             "tools": [WEATHER]})  # fmt: skip
+    assert plain.status_code == with_tools.status_code == 200, with_tools.text
+    # exactly the prompt the template makes with the tools and the native history (no generic instruction)
+    spec = ModelSpec.from_model(LLMModel.objects.get(pk=live[2]))
+    plan = plan_for(HERMES, [WEATHER], "auto")
+    text = render_prompt(spec, plan.messages(history, ""), tools=plan.template_tools())
+    tokens = vocab_for(spec.path).tokenize(text.encode(), add_special=spec.add_bos, parse_special=True)
+    assert with_tools.json()["prompt_eval_count"] == len(tokens) > plain.json()["prompt_eval_count"]
+    prompt = api.post("/apply-template", json={"model_id": live[2], "messages": history}).json()["prompt"]
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in prompt

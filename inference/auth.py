@@ -21,7 +21,7 @@ from inference.api.errors import AuthenticationFailed, PermissionDenied
 from models_app.grants import Grant
 from models_app.models.tokens import APIToken, hash_secret
 from models_app.selectors import TokenRejected, authenticate, trusted_local_token
-from models_app.services import touch_token
+from models_app.services import playground_token, touch_token
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,28 @@ async def request_principal(secret: str | None, headers: Mapping[str, str], addr
         )
     setting = settings.TRUSTED_LOCAL_TOKEN
     return await _cached("trusted-local:" + setting, lambda: _lookup_trusted_local(setting))
+
+
+def _lookup_playground(user_id: int) -> Principal | str:
+    try:
+        return _principal(playground_token(user_id=user_id))
+    except TokenRejected as exc:
+        return str(exc)
+
+
+async def session_principal(user: Any, headers: Mapping[str, str]) -> Principal | None:
+    """The admin playground's principal for a logged-in staff user's same-origin socket; None if it is not one.
+
+    Only a page served by this server may ride on the session: the Origin must name the
+    Host the socket was opened on (the origin validator alone also admits CORS origins).
+    """
+    if user is None or not getattr(user, "is_authenticated", False) or not user.is_staff:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    origin, host = lowered.get("origin", ""), lowered.get("host", "")
+    if not host or origin.split("://", 1)[-1] != host:
+        return None
+    return await _cached(f"playground:{user.pk}", lambda: _lookup_playground(user.pk))
 
 
 def clear_auth_cache() -> None:

@@ -25,7 +25,7 @@ from inference.api.errors import (
 )
 from inference.api.tool_formats import ReplyReader
 from inference.api.ws_schemas import PROTOCOL, CancelFrame, GenerateFrame
-from inference.auth import Principal, request_principal
+from inference.auth import Principal, request_principal, session_principal
 from inference.engine import JobHandle, Outcome
 from inference.metering import counters
 
@@ -136,6 +136,10 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         headers = {k.decode("latin1").lower(): v.decode("latin1") for k, v in self.scope.get("headers", [])}
         if self.secret is None and "authorization" in headers:  # as on HTTP: a header that is not a bearer token
             raise AuthenticationFailed("The Authorization header must be 'Bearer khk_...'.", code="invalid_api_key")
+        if self.secret is None and "authorization" not in headers:
+            principal = await session_principal(self.scope.get("user"), headers)  # the admin's playground
+            if principal is not None:
+                return principal
         client = (self.scope.get("client") or [None])[0]
         return await request_principal(self.secret, headers, client)
 

@@ -38,7 +38,7 @@ CORS_EXPOSE_HEADERS = ["X-Request-Id", "Retry-After"] + [
 
 INSTALLED_APPS = [
     "daphne",  # first, so `manage.py runserver` serves ASGI (HTTP + websockets)
-    "django.contrib.admin",
+    "models_app.console.apps.ConsoleAdminConfig",  # django.contrib.admin, opened on the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

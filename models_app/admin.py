@@ -11,7 +11,7 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.html import format_html
 
-from models_app import admin_tokens  # noqa: F401 (registers the token and usage admins)
+from models_app.admin_tokens import usage_link  # (importing it registers the token and usage admins)
 from models_app.models import (
     InferenceNode,
     LLMModel,
@@ -105,9 +105,12 @@ class LLMModelAdmin(admin.ModelAdmin):
                        "parameter_count", "quantization", "context_length", "embedding_length", "block_count",
                        "tokenizer_model", "chat_template", "gguf_metadata", "status", "status_reason",
                        "scanned_at", "created_at", "updated_at", "latest_self_test", "load_failures",
-                       "last_load_error", "load_retry_at")  # fmt: skip
+                       "last_load_error", "load_retry_at", "usage")  # fmt: skip
     fieldsets = (
-        (None, {"fields": ("id", "name", "enabled", "preload", "status", "status_reason", "latest_self_test")}),
+        (
+            None,
+            {"fields": ("id", "name", "enabled", "preload", "status", "status_reason", "latest_self_test", "usage")},
+        ),
         ("Loading", {"fields": ("load_failures", "last_load_error", "load_retry_at")}),
         ("File", {"fields": ("file_path", "source_path", "file_size", "file_mtime", "sha256", "scanned_at")}),
         (
@@ -148,6 +151,10 @@ class LLMModelAdmin(admin.ModelAdmin):
     @admin.display(description="size", ordering="file_size")
     def size(self, obj: LLMModel) -> str:
         return filesizeformat(obj.file_size)
+
+    @admin.display(description="usage")
+    def usage(self, obj: LLMModel) -> str:
+        return format_html('<a href="{}">usage rows</a> of this model', usage_link(model__id__exact=obj.pk))
 
     @admin.display(description="latest self-test")
     def latest_self_test(self, obj: LLMModel) -> str:

@@ -3,21 +3,30 @@
 Tokens are minted through `issue_token`, within the staff user's own grant (models_app.grants).
 """
 
+import csv
+from collections.abc import AsyncIterator, Iterator
+from itertools import islice
 from typing import Any
+from urllib.parse import urlencode
 
+from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
+from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from models_app.choices import Lane, Scope
 from models_app.grants import LIMIT_FIELDS, Grant, GrantRefused
 from models_app.models import APIToken, UsageRecord
 from models_app.selectors import token_usage_now, trusted_local_state
 from models_app.services import issue_token, revoke_token
+from models_app.usage_rollup import decode_rate
 
 
 class APITokenForm(forms.ModelForm):
@@ -65,11 +74,11 @@ class APITokenAdmin(admin.ModelAdmin):
     list_filter = ("revoked", "lane", "owner")
     search_fields = ("name", "prefix", "owner__username")
     readonly_fields = ("prefix", "last_used_at", "revoked", "revoked_at", "created_at", "requests_last_minute",
-                       "tokens_last_minute", "in_flight")  # fmt: skip
+                       "tokens_last_minute", "in_flight", "usage")  # fmt: skip
     fieldsets = (
         (None, {"fields": ("name", "owner", "prefix", "scopes", "allowed_models", "expires_at")}),
         ("Limits and lane", {"fields": (("rate_limit_rpm", "rate_limit_tpm", "max_concurrent"), "lane")}),
-        ("Usage against the limits", {"fields": ("requests_last_minute", "tokens_last_minute", "in_flight")}),
+        ("Usage against the limits", {"fields": ("requests_last_minute", "tokens_last_minute", "in_flight", "usage")}),
         ("State", {"fields": ("revoked", "revoked_at", "last_used_at", "created_at")}),
     )
     filter_horizontal = ("allowed_models",)
@@ -116,6 +125,12 @@ class APITokenAdmin(admin.ModelAdmin):
         if getattr(obj, "_usage_now", None) is None:  # three fields, one query
             obj._usage_now = token_usage_now(token_id=obj.pk)
         return obj._usage_now
+
+    @admin.display(description="usage")
+    def usage(self, obj: APIToken) -> str:
+        if not obj.pk:
+            return "-"
+        return format_html('<a href="{}">usage rows</a> of this token', usage_link(token__id__exact=obj.pk))
 
     @admin.display(description="requests in the last minute")
     def requests_last_minute(self, obj: APIToken) -> str:
@@ -165,16 +180,75 @@ def _against(used: int, limit: int | None, unit: str) -> str:
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "endpoint", "model", "token", "lane", "status", "prompt_tokens",
-                    "completion_tokens", "time_to_first_token_ms", "duration_ms", "client_address")  # fmt: skip
+    """The columns an operator reads, filters on the side, and the filtered list as CSV (`export.csv`)."""
+
+    list_display = ("created_at", "token", "model", "endpoint", "status", "prompt_tokens", "completion_tokens",
+                    "ttft", "tokens_per_s")  # fmt: skip
     list_filter = ("status", "lane", "endpoint", "model", "token", "created_at")
     search_fields = ("request_id", "token__name", "token__prefix", "model__id")
     date_hierarchy = "created_at"
     list_select_related = ("model", "token")
+    list_per_page = 50
     readonly_fields = [f.name for f in UsageRecord._meta.fields]
+    change_list_template = "admin/console/usage_change_list.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # usage is measured, never typed in
 
     def has_change_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
         return False
+
+    @admin.display(description="TTFT (ms)", ordering="time_to_first_token_ms")
+    def ttft(self, obj: UsageRecord) -> str:
+        return "-" if obj.time_to_first_token_ms is None else f"{obj.time_to_first_token_ms:.0f}"
+
+    @admin.display(description="tokens/s")
+    def tokens_per_s(self, obj: UsageRecord) -> str:
+        rate = decode_rate(obj.completion_tokens, obj.duration_ms, obj.time_to_first_token_ms)
+        return "-" if rate is None else f"{rate[0] * 1000 / rate[1]:.1f}"
+
+    def get_urls(self) -> list:
+        export = path("export.csv", self.admin_site.admin_view(self.export_csv), name="models_app_usagerecord_export")
+        return [export, *super().get_urls()]
+
+    def export_csv(self, request: HttpRequest) -> StreamingHttpResponse:
+        """The rows the list shows with the same filters, search and order, every page of them, as CSV."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        rows = self.get_changelist_instance(request).get_queryset(request)
+        derived = {"token": lambda r: r.token.name if r.token else "", "model": lambda r: r.model_id or "",
+                   "tokens_per_s": self.tokens_per_s}  # fmt: skip
+        columns = ("request_id", "created_at", "finished_at", "token", "model", "endpoint", "lane", "status",
+                   "prompt_tokens", "completion_tokens", "time_to_first_token_ms", "duration_ms", "tokens_per_s",
+                   "client_address", "error_message")  # fmt: skip
+
+        def lines() -> Iterator[str]:
+            writer = csv.writer(_Line())
+            yield writer.writerow(columns)
+            for row in rows.iterator(chunk_size=2000):
+                yield writer.writerow([derived[c](row) if c in derived else getattr(row, c) for c in columns])
+
+        response = StreamingHttpResponse(_in_chunks(lines()), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="usage-{timezone.now():%Y%m%d-%H%M%S}.csv"'
+        return response
+
+
+class _Line:
+    """A file for csv.writer whose write returns the line, so that rows stream one by one."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+async def _in_chunks(lines: Iterator[str], size: int = 500) -> AsyncIterator[str]:
+    """Serve a sync line iterator (a database cursor) to ASGI without reading it all first.
+
+    One thread pulls every chunk (thread_sensitive), as the cursor belongs to its connection.
+    """
+    while chunk := await sync_to_async(lambda: list(islice(lines, size)), thread_sensitive=True)():
+        yield "".join(chunk)
+
+
+def usage_link(**filters: Any) -> str:
+    """The usage list filtered as given (`token__id__exact=3`), for links from the token and model pages."""
+    return reverse("admin:models_app_usagerecord_changelist") + "?" + urlencode(filters)

@@ -8,6 +8,7 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 SCAN_SCHEDULE = "scan MODELS_DIR"
 SELF_TEST_SCHEDULE = "self-test enabled models"
 STALE_USAGE_SCHEDULE = "close stale usage rows"
+ROLLUP_SCHEDULE = "roll up usage for the dashboard"
 
 
 def _first_or_create(model: type[models.Model], **fields: Any) -> models.Model:
@@ -52,4 +53,13 @@ def ensure_default_schedules() -> list[str]:
             description="Close usage rows a crashed web node left `started` (older than USAGE_STALE_AFTER_S).",
         )
         created.append(STALE_USAGE_SCHEDULE)
+    if not PeriodicTask.objects.filter(name=ROLLUP_SCHEDULE).exists():
+        PeriodicTask.objects.create(
+            name=ROLLUP_SCHEDULE,
+            task="models_app.tasks.roll_up_usage",
+            interval=_first_or_create(IntervalSchedule, every=1, period=IntervalSchedule.MINUTES),
+            expire_seconds=50,
+            description="Fold finished usage rows into the hourly and daily rollups the dashboard reads.",
+        )
+        created.append(ROLLUP_SCHEDULE)
     return created

@@ -41,7 +41,7 @@ def authenticate(secret: str) -> APIToken:
     token = find_token(secret)
     if token is None:
         raise TokenRejected("Invalid API token.")
-    return _active(token)
+    return require_active(token)
 
 
 def trusted_local_token(setting: str) -> APIToken:
@@ -53,7 +53,7 @@ def trusted_local_token(setting: str) -> APIToken:
     if len(tokens) != 1:
         found = "no token has" if not tokens else "more than one token has"
         raise TokenRejected(f"TRUSTED_LOCAL_TOKEN is {prefix!r}, but {found} that prefix; fix the setting.")
-    return _active(tokens[0])
+    return require_active(tokens[0])
 
 
 def trusted_local_state() -> str:
@@ -72,7 +72,8 @@ def trusted_local_state() -> str:
     )
 
 
-def _active(token: APIToken) -> APIToken:
+def require_active(token: APIToken) -> APIToken:
+    """`token` if it may be used now; TokenRejected saying why not (revoked, expired, owner deactivated)."""
     if token.revoked:
         raise TokenRejected("This API token has been revoked.")
     if token.is_expired:

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
@@ -12,7 +13,7 @@ from django.utils import timezone
 from models_app.choices import Lane, ModelStatus, Scope, UsageStatus
 from models_app.models import APIToken, LLMModel, ModelAlias, ModelConfig, SelfTestResult, UsageRecord
 from models_app.models.aliases import default_ollama_name
-from models_app.selectors import find_token
+from models_app.selectors import TokenRejected, find_token, require_active
 from models_app.server_api import MissingServiceToken, read_service_token, write_service_token
 
 
@@ -141,6 +142,28 @@ def start_usage(
         lane=lane,
         client_address=client_address,
     )
+
+
+PLAYGROUND_TOKEN_NAME = "admin playground"
+
+
+def playground_token(*, user_id: int) -> APIToken:
+    """The staff user's playground token (inference only), made on first use; TokenRejected unless active staff.
+
+    The admin's playground runs on the user's session, with no secret; its requests are
+    metered and limited as this token's, which the admin shows like any other.
+    """
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None or not (user.is_active and user.is_staff):
+        raise TokenRejected("The playground is for active staff users; log in to the admin again.")
+    with transaction.atomic():
+        token = (
+            APIToken.objects.select_related("owner").prefetch_related("allowed_models")
+            .filter(owner=user, name=PLAYGROUND_TOKEN_NAME, revoked=False).order_by("-created_at").first()
+        )  # fmt: skip
+        if token is None or token.is_expired:
+            token, _secret = issue_token(name=PLAYGROUND_TOKEN_NAME, owner=user, scopes=[Scope.INFERENCE])
+    return require_active(token)
 
 
 def finalize_usage(

@@ -20,6 +20,7 @@ from models_app.scanning import rescan_model as rescan_model_file
 from models_app.scanning import scan_models_exclusively
 from models_app.server_api import ServerUnreachable
 from models_app.services import close_interrupted_usage
+from models_app.usage_rollup import roll_up_usage
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,12 @@ def scan_models() -> dict[str, Any]:
         "invalid": report.invalid,
         "messages": report.messages,
     }
+
+
+@shared_task(name="models_app.tasks.roll_up_usage")
+def roll_up_usage_task() -> dict[str, int]:
+    """Fold finished usage rows into the dashboard's rollups (each render also folds what is left)."""
+    return {"rolled_up": roll_up_usage()}
 
 
 @shared_task

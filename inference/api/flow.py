@@ -104,6 +104,7 @@ async def submit(
     meter = Meter(request_id, endpoint, principal.token_id, spec.model_id, client, lane=principal.lane)
     # the fair queue's turns and lanes: minted tokens take their minter's turn, not one each
     job.owner, job.lane = principal.budget, principal.lane
+    job.request_id, job.token_name = request_id, principal.name
     # Only a token that may unload models may shorten a model's keep-alive for everyone else.
     job.keep_alive_may_shorten = principal.has_scope("models:manage")
     admission = await admit_within_limits(principal, job, request_id)  # RateLimited (429) past a token limit

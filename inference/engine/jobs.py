@@ -81,6 +81,8 @@ class Job:
     keep_alive_may_shorten: bool = True
     owner: str = ""  # who asked (the token): the fair queue takes turns between owners
     lane: str = "interactive"  # or "batch": interactive requests take free slots first
+    request_id: str = ""  # its usage row, and the token's name: what the admin's live view shows
+    token_name: str = ""
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted_at_perf: float = field(default_factory=time.perf_counter)
 

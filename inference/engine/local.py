@@ -81,6 +81,10 @@ class LocalEngine:
     async def unload(self, model_id: str) -> bool:
         return await asyncio.to_thread(self.pool.unload, model_id)
 
+    def live(self) -> dict[str, Any]:
+        """Per loaded model: who holds each slot, who waits, the prompt cache (for the admin's live view)."""
+        return {m.spec.model_id: m.worker.live() for m in self.pool.loaded()}
+
     def status(self) -> dict[str, Any]:
         """What is loaded now, the pool's counters and budget (cheap; no llama.cpp calls)."""
         pool = self.pool

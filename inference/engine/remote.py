@@ -111,6 +111,22 @@ class RemoteEngine:
         """Unload from every live node holding it; ModelBusy if one of them is serving it."""
         return await self._on_transport(self._unload(model_id))
 
+    def live(self) -> dict[str, Any]:
+        """Per model: the requests this web process has on inference nodes (their slots and queues stay there)."""
+        models: dict[str, Any] = {}
+        for flight in list(self._flights.values()):
+            job = flight.job
+            entry = models.setdefault(job.model_id, {"slots": [], "queue": [], "queued": 0, "prompt_cache": None})
+            view = {"request_id": job.request_id or job.id, "token": job.token_name, "lane": job.lane,
+                    "node": flight.node.name if flight.node else None, "prompt_tokens": flight.prompt_tokens,
+                    "tokens": flight.tokens}  # fmt: skip
+            if flight.streamed:
+                entry["slots"].append({**view, "state": "decode"})
+            else:
+                entry["queue"].append(view)
+                entry["queued"] += 1
+        return models
+
     def status(self) -> dict[str, Any]:
         """What the live nodes reported at their last heartbeat, summed (no I/O)."""
         return self.directory.status()

@@ -24,7 +24,17 @@ from inference.engine.fair_queue import LANES, FairQueue, owner_limit
 from inference.engine.jobs import Job, JobHandle, Outcome, Token, batched_handoffs
 from inference.engine.llama_runner import LlamaRunner, Prepared
 from inference.engine.prompt_cache import PrefixReuse, PromptCache, common_prefix
-from inference.engine.slots import QueuedItem, QueueFull, SchedulerDown, Slot, SlotRequest, new_stats, put_token
+from inference.engine.slots import (
+    QueuedItem,
+    QueueFull,
+    SchedulerDown,
+    Slot,
+    SlotRequest,
+    new_stats,
+    put_token,
+    queued_view,
+    slot_view,
+)
 
 __all__ = ["BatchScheduler", "QueueFull", "SchedulerDown"]
 
@@ -81,6 +91,31 @@ class BatchScheduler:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive() and self.failed is None
+
+    def live(self) -> dict[str, object]:
+        """Each slot's request and the waiting ones, read from another thread without stopping the loop.
+
+        The loop changes the queue while this reads it: a read that races a change is tried
+        again, and after three the queue is shown by its count alone.
+        """
+        now = time.perf_counter()
+        waiting: list[QueuedItem] | None = None
+        for _ in range(3):
+            try:
+                waiting = list(self._waiting)
+                break
+            except RuntimeError:  # the loop changed a deque or dict mid-iteration
+                continue
+        return {
+            "slots": [slot_view(slot, now) for slot in self.slots],
+            "queue": None if waiting is None else [queued_view(item, now) for item in waiting],
+            "queued": self.waiting,
+            "prompt_cache": {
+                "entries": len(self.prompt_cache),
+                "bytes": self.prompt_cache.bytes,
+                "limit_bytes": self.prompt_cache.limit_bytes,
+            },
+        }
 
     def submit(
         self, job: Job, handle: JobHandle, prepared: Prepared, *, before_queue: Callable[[], None] | None = None

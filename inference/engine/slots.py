@@ -132,3 +132,36 @@ def new_stats() -> dict[str, float]:
         "queue_timeouts": 0,
         "request_failures": 0,  # requests ended by a failure in their own step
     }
+
+
+def slot_view(slot: Slot, now: float) -> dict[str, object]:
+    """What the admin's live view shows of one slot: idle, or its request's progress."""
+    request = slot.request  # one read: the scheduler thread may end it meanwhile
+    if request is None:
+        return {"slot": slot.seq_id, "state": "idle", "cached_tokens": len(slot.cached)}
+    job = request.item.job
+    decoding_s = now - request.first_at if request.first_at is not None else 0.0
+    return {
+        "slot": slot.seq_id,
+        "state": "prefill" if request.prompt_rest else "decode",
+        "request_id": job.request_id or job.id,
+        "token": job.token_name,
+        "lane": job.lane,
+        "prompt_tokens": len(request.item.tokens),
+        "tokens": request.produced,
+        "max_tokens": request.max_tokens,
+        "tokens_per_s": round(request.produced / decoding_s, 1) if decoding_s > 0.05 else None,
+        "running_s": round(now - request.admitted_at, 2),
+    }
+
+
+def queued_view(item: QueuedItem, now: float) -> dict[str, object]:
+    """What the admin's live view shows of one waiting request."""
+    job = item.job
+    return {
+        "request_id": job.request_id or job.id,
+        "token": job.token_name,
+        "lane": job.lane,
+        "prompt_tokens": len(item.tokens),
+        "waited_s": round(now - item.queued_at, 2),
+    }

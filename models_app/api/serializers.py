@@ -17,6 +17,7 @@ from models_app.choices import KVCacheType, Lane, OptimizeFor, Scope
 from models_app.models import APIToken, LLMModel, ModelConfig, SelfTestResult, UsageRecord
 from models_app.selectors import USAGE_GROUPS
 from models_app.services import apply_config_changes
+from models_app.usage_rollup import WINDOWS
 
 # -- Models --------------------------------------------------------------------------
 
@@ -250,6 +251,12 @@ class QueuedTaskSerializer(serializers.Serializer):
 
 class UsageSummaryQuerySerializer(serializers.Serializer):
     group_by = serializers.ChoiceField(choices=USAGE_GROUPS, default="model")
+    window = serializers.ChoiceField(
+        choices=tuple(WINDOWS), required=False,
+        help_text="24h (by hour) or 30d (by day): the admin dashboard's figures, from the hourly rollups: series per "
+        "model, totals per model (with TTFT and decode tokens/s p50/p95) and per token, and requests by ending. "
+        "Takes no other filter and no group_by.",
+    )  # fmt: skip
 
 
 class UsageSummaryRowSerializer(serializers.Serializer):

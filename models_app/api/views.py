@@ -8,6 +8,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -60,6 +61,7 @@ from models_app.services import (
 from models_app.tasks import BrokerUnavailable, enqueue
 from models_app.tasks import rescan_model as rescan_model_task
 from models_app.tasks import run_self_test as run_self_test_task
+from models_app.usage_rollup import roll_up_usage, usage_dashboard
 
 # Config fields the engine reads only when it loads a model: the llama.cpp arguments
 # (the names ModelSpec passes to llama.cpp) and the system prompt the runner keeps.
@@ -288,9 +290,22 @@ class UsageViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         """Totals per `group_by` (token, model or day) over the filtered rows; `?format=csv` for a file."""
         query = UsageSummaryQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
+        if window := query.validated_data.get("window"):
+            return Response(self._window_summary(request, window))
         group_by = query.validated_data["group_by"]
         rows = summarize_usage(records=self.filter_queryset(self.get_queryset()), group_by=group_by)
         response = Response({"group_by": group_by, "results": rows})
         if request.accepted_renderer.format == "csv":
             response["Content-Disposition"] = f'attachment; filename="usage-by-{group_by}.csv"'
         return response
+
+    def _window_summary(self, request: Request, window: str) -> dict[str, Any]:
+        others = set(request.query_params) - {"window", "format"}
+        if others:
+            raise ValidationError({sorted(others)[0]: "window reads the hourly rollups and takes no other filter; "
+                                   "use group_by with filters for the rows themselves."})  # fmt: skip
+        if request.accepted_renderer.format == "csv":
+            raise ValidationError({"format": "window answers in JSON only; use group_by for CSV."})
+        roll_up_usage()
+        tokens = None if is_admin(request) else list(request.user.api_tokens.values_list("pk", flat=True))
+        return usage_dashboard(window=window, token_ids=tokens)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from karen_extension.runtime import PLUGIN_SOURCE
-from tests.inference.conftest import _fresh_auth_cache, live, live_server_url, openai_client  # noqa: F401
+from tests.inference.conftest import _fresh_auth_cache, live, openai_client  # noqa: F401
 from tests.karen_extension import karen_standin
 from tests.karen_extension.karen_loader import load_like_extension_loader
 

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import connection
 
 from tests.conftest import filesystem_broker_options, point_celery_at
-from tests.inference.conftest import _fresh_auth_cache, fresh_engine, live, live_server_url  # noqa: F401
+from tests.inference.conftest import _fresh_auth_cache, fresh_engine, live  # noqa: F401
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
@@ -63,7 +63,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module", params=["redis", "embedded"])
-def worker(request, django_db_setup, django_db_blocker, live_server_url, tmp_path_factory):  # noqa: F811
+def worker(request, django_db_setup, django_db_blocker, live_server_url, tmp_path_factory):
     """A worker on the test database that reaches the live server; Redis or the embedded broker."""
     root = tmp_path_factory.mktemp(f"worker-{request.param}")
     queue = f"karen-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # no two test runs share a queue

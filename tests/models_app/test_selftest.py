@@ -14,7 +14,13 @@ from django_celery_beat.models import PeriodicTask
 from karen_host.celery import app
 from models_app.models import APIToken, SelfTestResult
 from models_app.scanning import scan_models_exclusively
-from models_app.schedules import SCAN_SCHEDULE, SELF_TEST_SCHEDULE, STALE_USAGE_SCHEDULE, ensure_default_schedules
+from models_app.schedules import (
+    ROLLUP_SCHEDULE,
+    SCAN_SCHEDULE,
+    SELF_TEST_SCHEDULE,
+    STALE_USAGE_SCHEDULE,
+    ensure_default_schedules,
+)
 from models_app.server_api import ServerUnreachable
 from models_app.services import ensure_service_token, record_self_test
 from models_app.serving import preload_models
@@ -140,7 +146,7 @@ def test_a_lost_service_token_file_is_replaced_and_the_old_token_revoked(db, set
 
 
 def test_default_schedules_are_created_once_and_left_as_edited(db):
-    assert ensure_default_schedules() == [SCAN_SCHEDULE, SELF_TEST_SCHEDULE, STALE_USAGE_SCHEDULE]
+    assert ensure_default_schedules() == [SCAN_SCHEDULE, SELF_TEST_SCHEDULE, STALE_USAGE_SCHEDULE, ROLLUP_SCHEDULE]
     scan = PeriodicTask.objects.get(name=SCAN_SCHEDULE)
     assert (scan.task, scan.interval.every, scan.interval.period) == ("models_app.tasks.scan_models", 5, "minutes")
     assert PeriodicTask.objects.get(name=SELF_TEST_SCHEDULE).crontab.hour == "3"

@@ -14,8 +14,8 @@ from django.conf import settings as django_settings
 from inference.limits.admission import get_limiter, reset_limiter
 from models_app.models import APIToken, UsageRecord
 from models_app.services import issue_token
-from tests.conftest import metric_samples, wait_for
-from tests.inference.conftest import NO_EOS_BIAS, _free_port
+from tests.conftest import _free_port, metric_samples, wait_for
+from tests.inference.conftest import NO_EOS_BIAS
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 RATE_HEADERS = {f"x-ratelimit-{kind}-{unit}" for kind in ("limit", "remaining", "reset")

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install browser lint format clean
+.PHONY: run test install browser screenshots lint format clean
 
 run: install
 	$(BIN)/python manage.py serve $(ARGS)
@@ -31,6 +31,10 @@ browser:
 	@test -x /usr/bin/chromium || apt-get install -y --no-install-recommends chromium >/dev/null 2>&1 \
 		|| (apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium >/dev/null 2>&1) \
 		|| echo "No Chromium could be installed (apt-get install chromium): the browser tests will be skipped."
+
+# Refresh the README's pictures of the admin console from the browser tests.
+screenshots: install browser
+	SCREENSHOTS_DIR=docs/screenshots $(BIN)/pytest tests/models_app/console/test_console_browser.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -186,17 +186,21 @@ def _lookup_playground(user_id: int) -> Principal | str:
         return str(exc)
 
 
-async def session_principal(user: Any, headers: Mapping[str, str]) -> Principal | None:
+async def session_principal(scope: Mapping[str, Any], headers: Mapping[str, str]) -> Principal | None:
     """The admin playground's principal for a logged-in staff user's same-origin socket; None if it is not one.
 
-    Only a page served by this server may ride on the session: the Origin must name the
-    Host the socket was opened on (the origin validator alone also admits CORS origins).
+    Only a page served by this server may ride on the session, as Django's CSRF check has
+    it: the Origin must be this socket's own scheme and host, or in CSRF_TRUSTED_ORIGINS
+    (a TLS proxy in front). The origin validator alone also admits CORS origins.
     """
+    user = scope.get("user")
     if user is None or not getattr(user, "is_authenticated", False) or not user.is_staff:
         return None
     lowered = {k.lower(): v for k, v in headers.items()}
-    origin, host = lowered.get("origin", ""), lowered.get("host", "")
-    if not host or origin.split("://", 1)[-1] != host:
+    origin, host = lowered.get("origin", "").lower(), lowered.get("host", "").lower()
+    own = f"{'https' if scope.get('scheme') == 'wss' else 'http'}://{host}"
+    trusted = {o.lower() for o in settings.CSRF_TRUSTED_ORIGINS}
+    if not origin or not host or (origin != own and origin not in trusted):
         return None
     return await _cached(f"playground:{user.pk}", lambda: _lookup_playground(user.pk))
 

@@ -137,7 +137,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         if self.secret is None and "authorization" in headers:  # as on HTTP: a header that is not a bearer token
             raise AuthenticationFailed("The Authorization header must be 'Bearer khk_...'.", code="invalid_api_key")
         if self.secret is None and "authorization" not in headers:
-            principal = await session_principal(self.scope.get("user"), headers)  # the admin's playground
+            principal = await session_principal(self.scope, headers)  # the admin's playground
             if principal is not None:
                 return principal
         client = (self.scope.get("client") or [None])[0]
@@ -182,6 +182,11 @@ class GenerateConsumer(AsyncWebsocketConsumer):
                 request_id=flow.new_request_id(), client=(self.scope.get("client") or [None])[0],
             )  # fmt: skip
         except asyncio.CancelledError:
+            # A `cancel` before admission: nothing ran or was billed, and the generation still
+            # ends with its one `done` (on a disconnect there is nobody to tell).
+            with contextlib.suppress(Exception):
+                nothing = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+                await self.send_json({"type": "done", "id": request.id, "finish_reason": "cancelled", "usage": nothing})
             return
         except Exception as exc:
             await self._error(request.id, as_api_error(exc))

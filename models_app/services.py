@@ -145,25 +145,30 @@ def start_usage(
 
 
 PLAYGROUND_TOKEN_NAME = "admin playground"
+PLAYGROUND_PERMISSION = "models_app.add_apitoken"  # who may mint a token may have this one
 
 
 def playground_token(*, user_id: int) -> APIToken:
-    """The staff user's playground token (inference only), made on first use; TokenRejected unless active staff.
+    """The staff user's playground token (inference only), made on first use; TokenRejected if they may not have one.
 
     The admin's playground runs on the user's session, with no secret; its requests are
-    metered and limited as this token's, which the admin shows like any other.
+    metered and limited as this token's, which the admin shows like any other. A revoked
+    or expired one is not replaced: revoking it is how an admin stops someone's playground.
     """
     user = get_user_model().objects.filter(pk=user_id).first()
-    if user is None or not (user.is_active and user.is_staff):
-        raise TokenRejected("The playground is for active staff users; log in to the admin again.")
+    if user is None or not (user.is_active and user.is_staff and user.has_perm(PLAYGROUND_PERMISSION)):
+        raise TokenRejected("The playground is for active staff users who may create API tokens; log in again.")
     with transaction.atomic():
         token = (
             APIToken.objects.select_related("owner").prefetch_related("allowed_models")
-            .filter(owner=user, name=PLAYGROUND_TOKEN_NAME, revoked=False).order_by("-created_at").first()
+            .filter(owner=user, name=PLAYGROUND_TOKEN_NAME).order_by("-created_at").first()
         )  # fmt: skip
-        if token is None or token.is_expired:
+        if token is None:
             token, _secret = issue_token(name=PLAYGROUND_TOKEN_NAME, owner=user, scopes=[Scope.INFERENCE])
-    return require_active(token)
+    try:
+        return require_active(token)
+    except TokenRejected as exc:
+        raise TokenRejected(f"Your playground token: {exc} An admin can issue you another one.") from exc
 
 
 def finalize_usage(

@@ -22,7 +22,7 @@ BUCKET_GROWTH = 1.2  # each latency bucket is 20% wider than the one before: a p
 BUCKETS = 100
 BUCKET_BASE = {"ttft": 1.0, "tps": 0.1}  # ms and tokens/s where bucket 0 starts
 WINDOWS = {"24h": (timedelta(hours=24), "hour"), "30d": (timedelta(days=30), "day")}
-ERROR_STATUSES = (UsageStatus.ERROR, UsageStatus.TIMEOUT, UsageStatus.INTERRUPTED, UsageStatus.CANCELLED)
+ERROR_STATUSES = (UsageStatus.ERROR, UsageStatus.TIMEOUT, UsageStatus.INTERRUPTED)  # a cancel is the client's
 _LOCK_KEY = 72_617_001  # PostgreSQL advisory lock id for the rollup
 
 
@@ -46,17 +46,24 @@ def decode_rate(completion_tokens: int, duration_ms: float | None, ttft_ms: floa
     return completion_tokens - 1, duration_ms - ttft_ms
 
 
-def roll_up_usage(*, batch: int = 5_000) -> int:
-    """Fold every finished, not yet counted usage row into the hourly and daily rollups; return how many.
+def roll_up_usage(*, batch: int = 5_000, max_batches: int | None = None) -> int:
+    """Fold finished, not yet counted usage rows into the hourly and daily rollups; return how many.
 
-    Batches keep each transaction (and SQLite's write lock) short while a backlog is folded.
+    Batches keep each transaction (and SQLite's write lock) short while a backlog is folded;
+    `max_batches` bounds the work (a page view leaves a backlog to Celery beat).
     """
-    total = 0
-    while True:
+    total, batches = 0, 0
+    while max_batches is None or batches < max_batches:
         done = _roll_up_batch(batch)
-        total += done
+        total, batches = total + done, batches + 1
         if done < batch:
-            return total
+            break
+    return total
+
+
+def rollup_backlog() -> int:
+    """Finished usage rows not yet in the rollups."""
+    return UsageRecord.objects.filter(rolled_up=False).exclude(status=UsageStatus.STARTED).count()
 
 
 def span_start(span: str, moment: datetime) -> datetime:
@@ -139,8 +146,13 @@ def _upsert(model: type[models.Model], key: tuple[str, ...], added: tuple[str, .
         cursor.executemany(sql, [(row[0], adapt(row[1]), *row[2:]) for row in rows])
 
 
-def percentiles(counts: dict[int, int], metric: str, points: Iterable[float] = (0.5, 0.95)) -> dict[str, float | None]:
-    """p50, p95, ... from a bucket -> count histogram (None where it is empty)."""
+def percentiles(
+    counts: dict[int, int], metric: str, points: Iterable[float] = (0.05, 0.5, 0.95)
+) -> dict[str, float | None]:
+    """p5, p50, p95 from a bucket -> count histogram (None where it is empty).
+
+    For time to first token p95 is the slow tail; for decode tokens/s it is p5.
+    """
     total = sum(counts.values())
     result: dict[str, float | None] = {}
     for point in points:
@@ -169,26 +181,39 @@ def usage_dashboard(*, window: str, token_ids: Collection[int] | None = None, no
     rollups = UsageRollup.objects.filter(span=step, start__gte=since)
     if token_ids is not None:
         rollups = rollups.filter(token_id__in=list(token_ids))
-    series = (
-        rollups.values("start", "model_id")
-        .annotate(n_requests=Sum("requests"), tokens=Sum("prompt_tokens") + Sum("completion_tokens"))
-        .order_by("start", "model_id")
+    histograms = _histograms(step, since, token_ids)
+    tokens_sum = Sum("prompt_tokens") + Sum("completion_tokens")
+    by_model = rollups.values("start", "model_id").annotate(n_requests=Sum("requests"), tokens=tokens_sum)
+    by_token = rollups.values("start", "token_id").annotate(n_requests=Sum("requests"), tokens=tokens_sum)
+    failed = (
+        rollups.exclude(status=UsageStatus.COMPLETED).values("start", "status").annotate(n_requests=Sum("requests"))
     )
+    tokens = _per_token(rollups)
+    names = {row["token_id"]: row["name"] for row in tokens}
     return {
         "window": window,
         "step": step,
         "since": since.isoformat(),
         "series": [
-            {
-                "t": row["start"].isoformat(),
-                "model": row["model_id"],
-                "requests": row["n_requests"],
-                "tokens": row["tokens"],
-            }
-            for row in series
+            {"t": r["start"].isoformat(), "model": r["model_id"], "requests": r["n_requests"], "tokens": r["tokens"]}
+            for r in by_model.order_by("start", "model_id")
         ],
-        "models": _per_model(rollups, step, since, token_ids),
-        "tokens": _per_token(rollups),
+        "token_series": [
+            {
+                "t": r["start"].isoformat(),
+                "token": names.get(r["token_id"], ""),
+                "requests": r["n_requests"],
+                "tokens": r["tokens"],
+            }
+            for r in by_token.order_by("start", "token_id")
+        ],
+        "ending_series": [
+            {"t": r["start"].isoformat(), "status": r["status"], "requests": r["n_requests"]}
+            for r in failed.order_by("start", "status")
+        ],
+        "latency_series": _latency_series(histograms),
+        "models": _per_model(rollups, histograms),
+        "tokens": tokens,
         "statuses": {r["status"]: r["n"] for r in rollups.values("status").annotate(n=Sum("requests")).order_by()},
     }
 
@@ -226,29 +251,47 @@ def _per_token(rollups: QuerySet[UsageRollup]) -> list[dict[str, Any]]:
     return rows
 
 
-def _per_model(
-    rollups: QuerySet[UsageRollup], step: str, since: datetime, token_ids: Collection[int] | None
-) -> list[dict]:
-    rows = _totals(rollups, "model_id")
-    histograms: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+def _histograms(step: str, since: datetime, token_ids: Collection[int] | None) -> dict[tuple, Counter[int]]:
+    """(model id, period start, metric) -> bucket counts: from the rollups, or from the rows of `token_ids`."""
+    histograms: dict[tuple, Counter[int]] = defaultdict(Counter)
     if token_ids is None:
-        buckets = LatencyRollup.objects.filter(span=step, start__gte=since).values("model_id", "metric", "bucket")
-        for row in buckets.annotate(n=Sum("count")).order_by():
-            histograms[(row["model_id"], row["metric"])][row["bucket"]] = row["n"]
-    else:
-        records = UsageRecord.objects.filter(created_at__gte=since, token_id__in=list(token_ids)).exclude(
-            status=UsageStatus.STARTED
-        )
-        fields = ("model_id", "completion_tokens", "duration_ms", "time_to_first_token_ms")
-        for model_id, completion, duration, ttft in records.values_list(*fields).iterator():
-            if ttft is not None:
-                counts = histograms[(model_id or "", "ttft")]
-                counts[bucket_of("ttft", ttft)] = counts.get(bucket_of("ttft", ttft), 0) + 1
-            if rate := decode_rate(completion, duration, ttft):
-                bucket = bucket_of("tps", rate[0] * 1000 / rate[1])
-                counts = histograms[(model_id or "", "tps")]
-                counts[bucket] = counts.get(bucket, 0) + 1
+        buckets = LatencyRollup.objects.filter(span=step, start__gte=since)
+        for row in buckets.values("model_id", "start", "metric", "bucket").annotate(n=Sum("count")).order_by():
+            histograms[(row["model_id"], row["start"], row["metric"])][row["bucket"]] += row["n"]
+        return histograms
+    records = UsageRecord.objects.filter(created_at__gte=since, token_id__in=list(token_ids), rolled_up=True)
+    fields = ("model_id", "created_at", "completion_tokens", "duration_ms", "time_to_first_token_ms")
+    for model_id, created, completion, duration, ttft in records.values_list(*fields).iterator():
+        start = span_start(step, created)
+        if ttft is not None:
+            histograms[(model_id or "", start, "ttft")][bucket_of("ttft", ttft)] += 1
+        if rate := decode_rate(completion, duration, ttft):
+            histograms[(model_id or "", start, "tps")][bucket_of("tps", rate[0] * 1000 / rate[1])] += 1
+    return histograms
+
+
+def _merged(histograms: dict[tuple, Counter[int]], keep: int) -> dict[tuple, Counter[int]]:
+    """The histograms summed over all but element `keep` of their key (0: per model, 1: per period) and the metric."""
+    merged: dict[tuple, Counter[int]] = defaultdict(Counter)
+    for key, counts in histograms.items():
+        merged[(key[keep], key[2])].update(counts)
+    return merged
+
+
+def _per_model(rollups: QuerySet[UsageRollup], histograms: dict[tuple, Counter[int]]) -> list[dict]:
+    rows = _totals(rollups, "model_id")
+    per_model = _merged(histograms, 0)
     for row in rows:
-        row["ttft_ms"] = percentiles(histograms.get((row["model_id"], "ttft"), {}), "ttft")
-        row["decode_tokens_per_s"] = percentiles(histograms.get((row["model_id"], "tps"), {}), "tps")
+        row["ttft_ms"] = percentiles(per_model.get((row["model_id"], "ttft"), {}), "ttft")
+        row["decode_tokens_per_s"] = percentiles(per_model.get((row["model_id"], "tps"), {}), "tps")
     return rows
+
+
+def _latency_series(histograms: dict[tuple, Counter[int]]) -> list[dict]:
+    per_period = _merged(histograms, 1)
+    starts = sorted({start for start, _ in per_period})
+    return [
+        {"t": start.isoformat(), "ttft_ms": percentiles(per_period.get((start, "ttft"), {}), "ttft"),
+         "decode_tokens_per_s": percentiles(per_period.get((start, "tps"), {}), "tps")}
+        for start in starts
+    ]  # fmt: skip

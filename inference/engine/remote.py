@@ -115,10 +115,10 @@ class RemoteEngine:
         """Per model: the requests this web process has on inference nodes (their slots and queues stay there)."""
         models: dict[str, Any] = {}
         for flight in list(self._flights.values()):
-            job = flight.job
+            job, node = flight.job, flight.node  # one read: the event loop may clear `node` meanwhile
             entry = models.setdefault(job.model_id, {"slots": [], "queue": [], "queued": 0, "prompt_cache": None})
             view = {"request_id": job.request_id or job.id, "token": job.token_name, "lane": job.lane,
-                    "node": flight.node.name if flight.node else None, "prompt_tokens": flight.prompt_tokens,
+                    "node": node.name if node else None, "prompt_tokens": flight.prompt_tokens,
                     "tokens": flight.tokens}  # fmt: skip
             if flight.streamed:
                 entry["slots"].append({**view, "state": "decode"})

@@ -12,7 +12,8 @@ from rest_framework.renderers import BaseRenderer
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(value: Any) -> Any:
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run as a formula (a leading = + - @ is quoted); None is empty."""
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return "" if value is None else value
@@ -35,5 +36,5 @@ class CSVRenderer(BaseRenderer):
         writer = csv.writer(buffer)
         writer.writerow(columns)
         for row in rows:
-            writer.writerow([_cell(row.get(column)) for column in columns])
+            writer.writerow([csv_cell(row.get(column)) for column in columns])
         return buffer.getvalue().encode(self.charset)

@@ -74,3 +74,41 @@ def legend_html(chart: Chart) -> SafeString:
         for name, colour in chart.legend
     )
     return mark_safe(items)
+
+
+def lines(title: str, x_labels: Sequence[str], series: dict[str, list[float | None]], unit: str) -> Chart:
+    """A line chart: one line per series, one value (or None: no point) per x label."""
+    names = sorted(series)
+    colour = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+    top = max((v for values in series.values() for v in values if v is not None), default=0) or 1
+    plot_w, plot_h = WIDTH - LEFT - 4, HEIGHT - BOTTOM - TOP
+    step = plot_w / max(1, len(x_labels))
+    parts = [
+        format_html('<text x="{}" y="{}" class="axis">{}</text>', 2, TOP + 8, _short(top)),
+        format_html('<text x="{}" y="{}" class="axis">0</text>', 2, TOP + plot_h),
+        format_html(
+            '<line x1="{}" y1="{}" x2="{}" y2="{}" class="base"/>', LEFT, TOP + plot_h, WIDTH - 4, TOP + plot_h
+        ),
+    ]
+    for name in names:
+        points = [
+            (LEFT + (i + 0.5) * step, TOP + plot_h - value / top * plot_h, x_labels[i], value)
+            for i, value in enumerate(series[name][: len(x_labels)])
+            if value is not None
+        ]
+        if len(points) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in points)
+            parts.append(format_html('<polyline points="{}" fill="none" stroke="{}"/>', path, colour[name]))
+        for x, y, label, value in points:
+            dot = '<circle cx="{}" cy="{}" r="2.5" fill="{}"><title>{} {}: {} {}</title></circle>'
+            parts.append(format_html(dot, f"{x:.1f}", f"{y:.1f}", colour[name], label, name, _short(value), unit))
+    label_every = max(1, len(x_labels) // 8)
+    for i, x in enumerate(x_labels):
+        if i % label_every == 0:
+            parts.append(format_html('<text x="{}" y="{}" class="axis">{}</text>', f"{LEFT + i * step:.1f}",
+                                     HEIGHT - 6, x))  # fmt: skip
+    body = mark_safe("".join(parts))
+    svg = format_html(
+        '<svg viewBox="0 0 {} {}" role="img" aria-label="{}" class="chart">{}</svg>', WIDTH, HEIGHT, title, body
+    )
+    return Chart(title=title, svg=svg, legend=[(name, colour[name]) for name in names])

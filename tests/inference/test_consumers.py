@@ -230,3 +230,16 @@ async def test_tools_with_a_prompt_are_refused_naming_the_field(secret, small_mo
     [error] = await until(comm, "error", "q")
     assert "needs 'tools'" in error["error"]["message"]
     await comm.disconnect()
+
+
+async def test_a_cancel_right_after_generate_still_ends_it_with_one_done(api_token, small_model):
+    # Whether the cancel lands before admission or after: one `done`, cancelled, nothing else after it.
+    comm = communicator(api_token[1])
+    await comm.connect()
+    await comm.send_json_to(generate("c1", small_model.id, max_tokens=2000, logit_bias=NO_EOS_BIAS))
+    await comm.send_json_to({"type": "cancel", "id": "c1"})
+    frames = await until(comm, "done", "c1")
+    assert frames[-1]["finish_reason"] == "cancelled"
+    assert [f["type"] for f in frames if f["type"] in ("done", "error")] == ["done"]
+    assert await comm.receive_nothing(timeout=0.5)
+    await comm.disconnect()

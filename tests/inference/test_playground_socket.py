@@ -4,6 +4,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
+from inference.auth import clear_auth_cache
 from karen_host.asgi import application
 from models_app.models import APIToken, UsageRecord
 from models_app.services import PLAYGROUND_TOKEN_NAME
@@ -17,11 +18,13 @@ def _session(client, user) -> str:
     return client.cookies["sessionid"].value
 
 
-def communicator(session, *, origin="http://localhost:8000", host="localhost:8000"):
+def communicator(session, *, origin="http://localhost:8000", host="localhost:8000", scheme="ws"):
     headers = [(b"cookie", f"sessionid={session}".encode()), (b"host", host.encode())]
     if origin:
         headers.append((b"origin", origin.encode()))
-    return WebsocketCommunicator(application, "/ws/v1/generate", headers=headers, subprotocols=["karen.v1"])
+    comm = WebsocketCommunicator(application, "/ws/v1/generate", headers=headers, subprotocols=["karen.v1"])
+    comm.scope["scheme"] = scheme
+    return comm
 
 
 async def test_a_staff_session_generates_under_its_playground_token(client, admin_user, small_model):
@@ -50,11 +53,12 @@ async def test_a_staff_session_generates_under_its_playground_token(client, admi
     [
         (None, "localhost:8000"),  # not from a page: a session alone is not a credential here
         ("http://127.0.0.1:8000", "localhost:8000"),  # another origin, even an allowed one
+        ("http://localhost", "localhost"),  # a plain-HTTP page riding on a wss:// socket (below)
     ],
 )
 async def test_a_session_from_elsewhere_is_refused(client, admin_user, small_model, origin, host):
     session = await sync_to_async(_session)(client, admin_user)
-    comm = communicator(session, origin=origin, host=host)
+    comm = communicator(session, origin=origin, host=host, scheme="wss" if host == "localhost" else "ws")
     await comm.connect()
     closed = await comm.receive_output(timeout=10)
     assert closed == {"type": "websocket.close", "code": 4401, "reason": closed["reason"]}
@@ -80,3 +84,39 @@ async def test_staff_rights_taken_away_end_the_playground(client, admin_user, sm
     await comm.send_json_to(generate("p2", small_model.id))
     frames = await until(comm, "error", "p2")
     assert "staff" in frames[-1]["error"]["message"]
+
+
+async def test_a_trusted_origin_in_front_may_use_the_session(client, admin_user, small_model, settings):
+    # As behind a proxy that passes its upstream's Host: the page's origin is not the Host seen here.
+    settings.CSRF_TRUSTED_ORIGINS = ["http://127.0.0.1:8000"]
+    session = await sync_to_async(_session)(client, admin_user)
+    comm = communicator(session, origin="http://127.0.0.1:8000", host="localhost:8000")
+    await comm.connect()
+    await comm.send_json_to(generate("p1", small_model.id))
+    assert (await until(comm, "done", "p1"))[-1]["usage"]["completion_tokens"] > 0
+    await comm.disconnect()
+
+
+async def test_a_revoked_playground_token_is_not_replaced(client, admin_user, small_model):
+    session = await sync_to_async(_session)(client, admin_user)
+    comm = communicator(session)
+    await comm.connect()
+    await comm.send_json_to(generate("p1", small_model.id))
+    await until(comm, "done", "p1")
+    await comm.disconnect()
+    await sync_to_async(APIToken.objects.filter(name=PLAYGROUND_TOKEN_NAME).update)(revoked=True)
+    clear_auth_cache()
+    comm = communicator(session)
+    await comm.connect()
+    closed = await comm.receive_output(timeout=10)
+    assert closed["code"] == 4401 and "revoked" in closed["reason"]
+    assert await sync_to_async(APIToken.objects.filter(name=PLAYGROUND_TOKEN_NAME).count)() == 1
+
+
+async def test_staff_who_may_not_mint_tokens_get_no_playground(client, django_user_model, small_model):
+    user = await sync_to_async(django_user_model.objects.create_user)("staffer", password="x", is_staff=True)
+    session = await sync_to_async(_session)(client, user)
+    comm = communicator(session)
+    await comm.connect()
+    closed = await comm.receive_output(timeout=10)
+    assert closed["code"] == 4401

@@ -1,16 +1,20 @@
 """The admin console in a real browser: Debian's Chromium driven by Playwright against the live server.
 
-Screenshots of each page go to docs/screenshots/ (the README shows them).
+Each page is screenshotted; `make screenshots` runs these tests with SCREENSHOTS_DIR=docs/screenshots
+to refresh the README's pictures (otherwise they go to a temporary folder).
 """
 
+import json
 import os
 import shutil
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from inference.auth import clear_auth_cache
 from models_app.choices import UsageStatus
@@ -20,12 +24,17 @@ from tests.conftest import wait_for
 from tests.inference.conftest import NO_EOS_BIAS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = Path(settings.BASE_DIR) / "docs" / "screenshots"
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}: `apt-get install chromium`"),
 ]
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    folder = os.environ.get("SCREENSHOTS_DIR")
+    return Path(settings.BASE_DIR, folder) if folder else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +83,13 @@ def _usage(request_id, token, model, status, completion=10, ttft=50.0, duration=
                    time_to_first_token_ms=ttft, duration_ms=duration)  # fmt: skip
 
 
-def test_dashboard_shows_the_rows_made_here(page, live_server_url, small_model, admin_user):
+def test_dashboard_shows_the_rows_made_here(page, shots, live_server_url, small_model, admin_user):
     scripts, _ = issue_token(name="scripts", owner=admin_user, scopes=["inference"])
-    for i in range(3):
-        _usage(f"req_ok{i}", scripts, small_model, UsageStatus.COMPLETED)
+    for i, hours_ago in enumerate((0, 3, 7)):  # three hours of the 24-hour chart
+        _usage(f"req_ok{i}", scripts, small_model, UsageStatus.COMPLETED, ttft=40.0 + 30 * i)
+        UsageRecord.objects.filter(request_id=f"req_ok{i}").update(
+            created_at=timezone.now() - timedelta(hours=hours_ago)
+        )
     _usage("req_bad", scripts, small_model, UsageStatus.ERROR, completion=0)
     page.goto(f"{live_server_url}/admin/")
     day = page.locator("#window-24h")
@@ -86,14 +98,14 @@ def test_dashboard_shows_the_rows_made_here(page, live_server_url, small_model, 
     assert day.locator(".statuses tr[data-status='completed'] td.num").inner_text() == "3"
     assert day.locator(".statuses tr[data-status='error'] td.num").inner_text() == "1"
     assert page.locator("#health [data-check='database'] .ok").count() == 1
-    assert day.locator("svg.chart rect").count() >= 2  # requests and tokens, one bar each at least
+    assert day.locator("svg.chart").first.locator("rect").count() == 3  # requests per model: three hours
     assert UsageRecord.objects.filter(rolled_up=False).count() == 0
-    page.screenshot(path=SHOTS / "dashboard.png", full_page=True)
+    page.screenshot(path=shots / "dashboard.png", full_page=True)
     page.click("text=Apps and models")
     assert page.locator("#content h1").inner_text() == "Apps and models"
 
 
-def test_live_view_shows_a_running_generation(page, live_server_url, small_model, api_token):
+def test_live_view_shows_a_running_generation(page, shots, live_server_url, small_model, api_token):
     done = threading.Event()
     seen: dict[str, str] = {}
 
@@ -118,14 +130,16 @@ def test_live_view_shows_a_running_generation(page, live_server_url, small_model
         )
         row.wait_for(timeout=30_000)
         assert "decode" in row.inner_text() or "prefill" in row.inner_text()
-        page.screenshot(path=SHOTS / "live.png", full_page=True)
+        page.screenshot(path=shots / "live.png", full_page=True)
     finally:
         done.set()
         thread.join(timeout=60)
     assert wait_for(lambda: UsageRecord.objects.get(request_id=seen["request_id"]).status == UsageStatus.CANCELLED)
 
 
-def test_playground_streams_an_answer_and_stop_cancels(page, live_server_url, small_model, api_token, fresh_engine):
+def test_playground_streams_an_answer_and_stop_cancels(
+    page, shots, live_server_url, small_model, api_token, fresh_engine
+):
     ModelConfig.objects.filter(model=small_model).update(n_parallel=1)  # the blocker below holds the only slot
     page.goto(f"{live_server_url}/admin/playground/")
     page.fill("#pg-max_tokens", "6")
@@ -140,7 +154,7 @@ def test_playground_streams_an_answer_and_stop_cancels(page, live_server_url, sm
     assert (row.status, row.token.name, row.token.owner.username) == ("completed", PLAYGROUND_TOKEN_NAME, "root")
     page.click("#pg-curl")
     assert "/v1/chat/completions" in page.locator("#curl").inner_text()
-    page.screenshot(path=SHOTS / "playground.png", full_page=True)
+    page.screenshot(path=shots / "playground.png", full_page=True)
 
     # Stop: with the only slot held by another request, the next message waits in the queue until stopped.
     blocker_done = threading.Event()
@@ -171,16 +185,42 @@ def test_playground_streams_an_answer_and_stop_cancels(page, live_server_url, sm
     assert (stopped.status, stopped.token.name) == ("cancelled", PLAYGROUND_TOKEN_NAME)
 
 
-def test_usage_list_fits_and_exports_the_filtered_rows(page, live_server_url, small_model, admin_user):
+def test_stop_cancels_a_streaming_answer(page, live_server_url, small_model):
+    # As a user could with the browser's devtools: this page's generate frames also ban the end
+    # tokens, so the answer streams until Stop (3000 tokens, a minute or more here).
+    page.add_init_script(
+        "const send = WebSocket.prototype.send; WebSocket.prototype.send = function (data) {"
+        " const frame = JSON.parse(data); if (frame.type === 'generate') { frame.logit_bias = "
+        + json.dumps(NO_EOS_BIAS)
+        + "; } return send.call(this, JSON.stringify(frame)); };"
+    )
+    page.goto(f"{live_server_url}/admin/playground/")
+    page.fill("#pg-max_tokens", "3000")
+    page.fill("#pg-message", "Tell me a long story.")
+    page.click("#pg-send")
+    answer = page.locator("#transcript .turn.assistant").last
+    page.wait_for_function(
+        "() => document.querySelector('#transcript .turn.assistant .content').textContent.length > 20"
+    )
+    page.click("#pg-stop")
+    answer.locator(".stats", has_text="finish: cancelled").wait_for(timeout=30_000)
+    row = UsageRecord.objects.select_related("token").get(endpoint="ws.generate")
+    assert (row.status, row.token.name) == ("cancelled", PLAYGROUND_TOKEN_NAME)
+    assert 0 < row.completion_tokens < 3000
+
+
+def test_usage_list_fits_and_exports_the_filtered_rows(page, shots, live_server_url, small_model, admin_user):
     kept, _ = issue_token(name="kept", owner=admin_user, scopes=["inference"])
     other, _ = issue_token(name="other", owner=admin_user, scopes=["inference"])
     _usage("req_kept", kept, small_model, UsageStatus.COMPLETED)
     _usage("req_other", other, small_model, UsageStatus.COMPLETED)
     page.goto(f"{live_server_url}/admin/models_app/usagerecord/?token__id__exact={kept.pk}")
-    table = page.locator("#result_list")
-    assert table.bounding_box()["width"] <= page.viewport_size["width"]
+    # Every column in view at 1400 px: the list needs no sideways scrolling.
+    assert page.evaluate(
+        "() => { const r = document.querySelector('.results'); return r.scrollWidth <= r.clientWidth; }"
+    )
     assert page.locator("#result_list tbody tr").count() == 1
-    page.screenshot(path=SHOTS / "usage.png", full_page=True)
+    page.screenshot(path=shots / "usage.png", full_page=True)
     with page.expect_download() as download:
         page.click("text=Export CSV")
     lines = Path(download.value.path()).read_text().splitlines()

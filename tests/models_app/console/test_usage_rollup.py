@@ -67,7 +67,7 @@ def test_percentiles_are_within_ten_percent():
     result = percentiles(counts, "ttft")
     assert abs(result["p50"] - 500) / 500 <= BUCKET_GROWTH - 1
     assert abs(result["p95"] - 950) / 950 <= BUCKET_GROWTH - 1
-    assert percentiles({}, "ttft") == {"p50": None, "p95": None}
+    assert percentiles({}, "ttft") == {"p5": None, "p50": None, "p95": None}
 
 
 @pytest.mark.parametrize("value", [0.0, 0.5, 1.0, 3.3, 1e4, 1e12])
@@ -93,6 +93,10 @@ def test_dashboard_sums_per_model_token_and_ending(small_model, token, admin_use
     by_token = {row["name"]: row["requests"] for row in summary["tokens"]}
     assert by_token == {"scripts": 3, "other": 1}
     assert sum(point["requests"] for point in summary["series"]) == 4
+    assert {(p["token"], p["requests"]) for p in summary["token_series"]} == {("scripts", 3), ("other", 1)}
+    assert [(p["status"], p["requests"]) for p in summary["ending_series"]] == [("error", 1)]
+    (period,) = summary["latency_series"]
+    assert period["ttft_ms"]["p95"] == pytest.approx(50, rel=0.1)
     # Scoped to one token: its rows only, percentiles from its rows.
     mine = usage_dashboard(window="30d", token_ids=[other.pk])
     assert mine["statuses"] == {"error": 1} and mine["models"][0]["ttft_ms"]["p50"] is None

@@ -4,15 +4,13 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 # Colour-blind-safe (Okabe-Ito), in the order series are given; more series than colours repeat them.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 WIDTH, HEIGHT, LEFT, BOTTOM, TOP = 640, 180, 48, 24, 8
 PLOT_W, PLOT_H = WIDTH - LEFT - 4, HEIGHT - BOTTOM - TOP
-_BAR = '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{} {}: {} {}</title></rect>'
-_DOT = '<circle cx="{}" cy="{}" r="2.5" fill="{}"><title>{} {}: {} {}</title></circle>'
 _TEXT = '<text x="{}" y="{}" class="axis">{}</text>'
 
 
@@ -45,7 +43,9 @@ def _chart(title: str, x_labels: Sequence[str], names: list[str], top: float, pa
         parts.extend(paint(i, x, left, step))
         if i % label_every == 0:
             parts.append(format_html(_TEXT, f"{left:.1f}", HEIGHT - 6, x))
-    body = mark_safe("".join(parts))  # every part came from format_html, which escapes
+    body = mark_safe(
+        "".join(parts)
+    )  # texts went through format_html or escape  # every part came from format_html, which escapes
     svg = format_html(
         '<svg viewBox="0 0 {} {}" role="img" aria-label="{}" class="chart">{}</svg>', WIDTH, HEIGHT, title, body
     )
@@ -64,15 +64,21 @@ def stacked_bars(title: str, x_labels: Sequence[str], points: list[tuple[str, st
         stacks[x][name] = stacks[x].get(name, 0) + value
     top = max((sum(stack.values()) for stack in stacks.values()), default=0) or 1
 
+    # Thousands of bars on a month of many tokens: plain f-strings, with every text escaped once up front.
+    safe, safe_unit = {name: escape(name) for name in names}, escape(unit)
+
     def paint(_i: int, x: str, left: float, step: float) -> list[str]:
-        parts, y = [], TOP + PLOT_H
+        parts, y, label = [], TOP + PLOT_H, escape(x)
         for name in names:
             value = stacks.get(x, {}).get(name, 0)
             if value > 0:
                 height = value / top * PLOT_H
                 y -= height
-                box = (f"{left + 1:.1f}", f"{y:.1f}", f"{max(1.0, step - 2):.1f}", f"{height:.1f}")
-                parts.append(format_html(_BAR, *box, _colour(names, name), x, name, _short(value), unit))
+                parts.append(
+                    f'<rect x="{left + 1:.1f}" y="{y:.1f}" width="{max(1.0, step - 2):.1f}" height="{height:.1f}" '
+                    f'fill="{_colour(names, name)}"><title>{label} {safe[name]}: {_short(value)} {safe_unit}</title>'
+                    "</rect>"
+                )
         return parts
 
     return _chart(title, x_labels, names, top, paint)
@@ -98,7 +104,11 @@ def lines(title: str, x_labels: Sequence[str], series: dict[str, list[float | No
                 (x1, y1), (x2, y2) = at(i - 1, values[i - 1]), at(i, value)
                 parts.append(format_html('<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="{}"/>', x1, y1, x2, y2,
                                          _colour(names, name)))  # fmt: skip
-            parts.append(format_html(_DOT, *at(i, value), _colour(names, name), x, name, _short(value), unit))
+            cx, cy = at(i, value)
+            parts.append(
+                f'<circle cx="{cx}" cy="{cy}" r="2.5" fill="{_colour(names, name)}"><title>{escape(x)} '
+                f"{escape(name)}: {_short(value)} {escape(unit)}</title></circle>"
+            )
         return parts
 
     return _chart(title, x_labels, names, top, paint)

@@ -142,6 +142,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
     }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# The queue tasks are sent to and the worker reads: two deployments sharing one Redis keep apart by it.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_TIMEZONE = TIME_ZONE
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -279,6 +281,11 @@ if REDIS_URL:
         }
     }
 INFERENCE_MODE = env.str("INFERENCE_MODE", default="local")
+
+# Readiness (/health/ready): the free space VAR_DIR and MODELS_DIR need, and KAREN's URL to
+# check for reachability (unset: not checked).
+DISK_MIN_FREE_MB = env.int("DISK_MIN_FREE_MB", default=500)
+KAREN_URL = env.str("KAREN_URL", default="")
 if INFERENCE_MODE not in ("local", "remote"):
     from django.core.exceptions import ImproperlyConfigured
 

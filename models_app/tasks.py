@@ -97,8 +97,12 @@ def rescan_model(model_id: str) -> dict[str, str]:
 
 @shared_task(**RETRY_WHILE_SERVER_IS_DOWN)
 def preload_models(model_ids: list[str] | None = None) -> dict[str, Any]:
-    """Have the server load the models marked `preload` (or exactly `model_ids`)."""
-    return serving.preload_models(model_ids=model_ids).as_dict()
+    """Have the server load the models marked `preload` (or exactly `model_ids`), then self-test each one loaded.
+
+    Readiness waits for a preload model's latest self-test to pass: the first runs now, not at the daily hour.
+    """
+    report = serving.preload_models(model_ids=model_ids)
+    return {**report.as_dict(), "self_tests": {pk: enqueue(run_self_test, pk) for pk in report.loaded}}
 
 
 @shared_task(bind=True, **RETRY_WHILE_SERVER_IS_DOWN)

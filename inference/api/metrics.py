@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from inference.engine import get_engine
 from inference.metering import counters
+from inference.readiness import Check, readiness
 
 PREFIX = "karenhost"
 _MB = 2**20
@@ -65,6 +66,7 @@ class EngineCollector:
 
     def collect(self) -> Iterator[Metric]:
         yield from self._requests(counters.snapshot())
+        yield from self._readiness(readiness())
         status = get_engine().status()
         if self.only:
             status = {**status, "loaded": [m for m in status["loaded"] if m["id"] in self.only]}
@@ -100,6 +102,20 @@ class EngineCollector:
         yield CounterMetricFamily(
             _name("completion_tokens"), "Generated tokens of finished requests.", value=snapshot["completion_tokens"]
         )
+
+    @staticmethod
+    def _readiness(checks: list[Check]) -> Iterator[Metric]:
+        yield GaugeMetricFamily(_name("ready"), "1 when every readiness check passes (/health/ready).",
+                                value=int(all(c.ok for c in checks)))  # fmt: skip
+        state = GaugeMetricFamily(_name("ready_check"), "1 when this readiness check passes.", labels=["check"])
+        changed = GaugeMetricFamily(
+            _name("ready_check_changed_timestamp_seconds"), "When the check last changed state.", labels=["check"]
+        )
+        for check in checks:
+            state.add_metric([check.name], int(check.ok))
+            changed.add_metric([check.name], check.since.timestamp())
+        yield state
+        yield changed
 
     @staticmethod
     def _engine(status: dict[str, Any]) -> Iterator[Metric]:

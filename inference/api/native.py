@@ -21,6 +21,7 @@ from inference.api.schemas import LoadRequest, NativeInferenceRequest, parse_kee
 from inference.auth import BearerAuth, Principal
 from inference.engine import Token, get_engine
 from inference.metering import counters
+from inference.readiness import readiness
 from models_app.selectors import latest_self_tests, resolve_model, servable_models
 
 router = Router(tags=["Native (KAREN)"])
@@ -201,6 +202,15 @@ async def karen_config(request: HttpRequest) -> dict[str, Any]:
             "inference": request.build_absolute_uri("/inference"),
         },
     }
+
+
+@router.get("/health/ready", response={200: dict, 503: dict})
+def health_ready(request: HttpRequest) -> Status[dict[str, Any]]:
+    """Readiness: 200 when every check passes, else 503 naming the failing ones (open, like /health)."""
+    checks = readiness()
+    failing = [c.name for c in checks if not c.ok]
+    body = {"status": "not_ready" if failing else "ready", "failing": failing, "checks": [c.to_dict() for c in checks]}
+    return Status(503 if failing else 200, body)
 
 
 @router.get("/health/selftest", response={200: dict, 503: dict})

@@ -34,7 +34,8 @@ def dashboard(request: HttpRequest, context: dict[str, Any]) -> TemplateResponse
     refusals = counters.snapshot()
     context.update(
         title="Dashboard",
-        health=health_checks(),
+        health=(health := health_checks()),
+        ready=all(c["ok"] for c in health if "since" in c),
         backlog=backlog,
         own_usage_only=tokens is not None,
         models=_model_states(),

@@ -83,6 +83,7 @@ def worker(request, django_db_setup, django_db_blocker, live_server_url, tmp_pat
         "VAR_DIR": str(root),  # the embedded broker's folders, the scan lock and a secret key
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
         "CELERY_BROKER_URL": url,
+        "CELERY_TASK_DEFAULT_QUEUE": queue,  # what a task queues from inside the worker goes here too
         "REDIS_URL": "",
         "SERVER_URL": live_server_url,
         "SERVICE_TOKEN_FILE": str(root / "service_token"),

@@ -71,6 +71,11 @@ def test_preload_makes_the_live_server_report_the_model_loaded(worker, service_t
     assert result.status == "SUCCESS", result.traceback
     models = httpx.get(f"{url}/models", headers={"Authorization": f"Bearer {secret}"}).json()
     assert model_id in [m["id"] for m in models["loaded"]]
+    # Readiness waits for a preload model's self-test: the preload queued the first one.
+    assert list(json.loads(result.result)["self_tests"]) == [model_id]
+    tested = wait_for(lambda: SelfTestResult.objects.filter(model_id=model_id).first(), what="the self-test",
+                      worker=worker)  # fmt: skip
+    assert tested.passed, tested.reason
 
 
 def test_preload_reports_a_model_that_fails_to_load_and_the_server_records_why(

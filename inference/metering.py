@@ -88,5 +88,14 @@ class Meter:
             )
         except Exception:  # the row stays `started`; the reconciler closes it as interrupted
             logger.exception("could not finalize usage %s", self.request_id)
+        else:
+            logger.info(
+                "%s %s on %s: %s, %d+%d tokens", self.endpoint, self.request_id, self.model_id, outcome.status,
+                outcome.prompt_tokens, outcome.completion_tokens,
+                extra={"request_id": self.request_id, "endpoint": self.endpoint, "model": self.model_id,
+                       "token_id": self.token_id, "status": outcome.status, "prompt_tokens": outcome.prompt_tokens,
+                       "completion_tokens": outcome.completion_tokens, "ttft_ms": outcome.time_to_first_token_ms,
+                       "duration_ms": round(outcome.duration_ms, 1)},
+            )  # fmt: skip
         finally:
             close_old_connections()

@@ -30,6 +30,7 @@ from inference.engine.jobs import Job, JobHandle, Outcome, Token
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelBusy, PoolError
 from inference.engine.spec import ModelSpec
+from karen_host.logs import bind_for_rest
 from models_app.placement import placed_models, record_heartbeat
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,8 @@ class InferenceNodeConsumer(AsyncConsumer):
             spec = wire.decode_spec(message["spec"])
             started = time.perf_counter() - float(message.get("age_s", 0.0))
             job = wire.decode_job(message["job"], submitted_at_perf=started)
+            # This job's task logs under its request's id, as the web node does.
+            bind_for_rest(request_id=job.request_id, token=job.token_name, model=spec.model_id)
             handle, prompt_tokens = await self._queue(spec, job)
         except Exception as exc:
             self.jobs.pop(job_id, None)

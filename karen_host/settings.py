@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
@@ -119,8 +120,6 @@ MODELS_DIR = Path(env.str("MODELS_DIR", default=str(BASE_DIR / "models"))).resol
 # with AMX, where llama.cpp's AMX matmul crashes the process (README, "Known issues"); "on", "off".
 LLAMA_EXTRA_BUFFERS = env.str("LLAMA_EXTRA_BUFFERS", default="auto")
 if LLAMA_EXTRA_BUFFERS not in ("auto", "on", "off"):
-    from django.core.exceptions import ImproperlyConfigured
-
     raise ImproperlyConfigured("LLAMA_EXTRA_BUFFERS is auto, on or off")
 MODEL_PROBE_TIMEOUT_S = env.int("MODEL_PROBE_TIMEOUT_S", default=120)
 MODEL_PROBE_MEMORY_MB = env.int("MODEL_PROBE_MEMORY_MB", default=0)  # 0: file size + 2 GiB
@@ -153,14 +152,22 @@ HOST = env.str("HOST", default="127.0.0.1")
 PORT = env.int("PORT", default=8080)
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+# text for a terminal; json (one object per line) for a log collector. Secrets are masked either way.
+LOG_FORMAT = env.str("LOG_FORMAT", default="text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT is {LOG_FORMAT!r}; use text or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"secrets": {"()": "karen_host.logs.SecretFilter"}, "context": {"()": "karen_host.logs.ContextFilter"}},
+    "formatters": {"text": {"()": "karen_host.logs.TextFormatter"}, "json": {"()": "karen_host.logs.JSONFormatter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["secrets", "context"]}
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # the worker's records go through the handler above too
 WHITENOISE_USE_FINDERS = True  # serve admin assets without a collectstatic step
 
 # Inference

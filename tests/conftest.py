@@ -127,6 +127,18 @@ def _service_token_in_tmp(settings, tmp_path):
     settings.SERVICE_TOKEN_FILE = tmp_path / "service_token"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_log_context():
+    """Each test starts with no request bound to its log records.
+
+    A server runs each request in a task of its own; Django's test client runs async views
+    through async_to_sync, which hands a request's bindings back to the test's thread.
+    """
+    from karen_host.logs import _context
+
+    _context.set(None)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

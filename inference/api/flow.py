@@ -29,6 +29,7 @@ from inference.engine import Job, JobHandle, Outcome, Sampling, Token, get_engin
 from inference.engine.spec import ModelSpec
 from inference.limits.admission import admit_within_limits
 from inference.metering import Meter
+from karen_host.logs import bind_for_rest
 from models_app.selectors import resolve_model
 
 
@@ -105,6 +106,7 @@ async def submit(
     # the fair queue's turns and lanes: minted tokens take their minter's turn, not one each
     job.owner, job.lane = principal.budget, principal.lane
     job.request_id, job.token_name = request_id, principal.name
+    bind_for_rest(request_id=request_id, token=principal.name, model=spec.model_id, endpoint=endpoint)
     # Only a token that may unload models may shorten a model's keep-alive for everyone else.
     job.keep_alive_may_shorten = principal.has_scope("models:manage")
     admission = await admit_within_limits(principal, job, request_id)  # RateLimited (429) past a token limit

@@ -13,7 +13,6 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Router, Status
 
-import karen_host
 from inference.api import flow
 from inference.api.errors import NotFound, Unavailable, as_api_error
 from inference.api.metrics import render as render_metrics
@@ -22,6 +21,7 @@ from inference.auth import BearerAuth, Principal
 from inference.engine import Token, get_engine
 from inference.metering import counters
 from inference.readiness import readiness
+from karen_host.version import build_info
 from models_app.selectors import latest_self_tests, resolve_model, servable_models
 
 router = Router(tags=["Native (KAREN)"])
@@ -45,8 +45,8 @@ def _model_entry(model: Any) -> dict[str, Any]:
 
 @router.get("/", response={200: dict})
 def root(request: HttpRequest) -> dict[str, Any]:
-    """Name, version and status (open, like /health)."""
-    return {"message": "karen-host: llama.cpp server for KAREN", "version": karen_host.__version__, "status": "running"}
+    """Name, version, git commit (when known) and status (open, like /health)."""
+    return {"message": "karen-host: llama.cpp server for KAREN", **build_info(), "status": "running"}
 
 
 @router.get("/health", response={200: dict})

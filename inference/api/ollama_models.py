@@ -13,6 +13,7 @@ from inference.api.errors import APIError
 from inference.api.ollama import ERRORS, resolve, timestamp
 from inference.api.ollama_schemas import OllamaShowRequest
 from inference.auth import BearerAuth
+from karen_host.version import commit
 from models_app.chat_templates import supports_thinking
 from models_app.models import LLMModel, ModelConfig
 from models_app.selectors import find_model, ollama_name, servable_models
@@ -53,7 +54,7 @@ def _entry(model: LLMModel) -> dict[str, Any]:
 @router.get("/version", response={200: dict})
 def version(request: HttpRequest) -> dict[str, Any]:
     """The Ollama API version this server follows (open, as in Ollama), and the server's own."""
-    return {"version": OLLAMA_API_VERSION, "server": f"karen-host {karen_host.__version__}"}
+    return {"version": OLLAMA_API_VERSION, "server": f"karen-host {karen_host.__version__}", "commit": commit()}
 
 
 @router.get("/tags", auth=BearerAuth("models:read"), response={200: dict, **ERRORS})

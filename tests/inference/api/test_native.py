@@ -1,8 +1,10 @@
 """The original plan's native endpoints: same auth, engine and metering as /v1."""
 
 import json
+import subprocess
 
 import httpx
+from django.conf import settings
 
 import karen_host
 from inference.engine import get_engine
@@ -25,9 +27,24 @@ def manager_secret(admin_user):
     return issue_token(name="ops", owner=admin_user, scopes=["models:manage", "models:read"])[1]
 
 
-def test_root_names_the_server_and_version(live):
+def test_root_names_the_server_version_and_commit(live):
     body = get(live, "/", secret=False).json()
     assert body["version"] == karen_host.__version__ and body["status"] == "running"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=settings.BASE_DIR)
+    if head.returncode == 0:  # a checkout: its commit; an image sets GIT_COMMIT instead
+        assert head.stdout.strip().startswith(body["commit"])
+    assert get(live, "/api/version", secret=False).json()["commit"] == body["commit"]
+
+
+def test_an_image_names_its_commit(monkeypatch):
+    from karen_host import version
+
+    version.commit.cache_clear()
+    monkeypatch.setenv("GIT_COMMIT", "0123456789abcdef")
+    try:
+        assert version.build_info() == {"version": karen_host.__version__, "commit": "0123456789abcdef"}
+    finally:
+        version.commit.cache_clear()
 
 
 def test_health_is_open(live):

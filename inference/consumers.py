@@ -13,6 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from pydantic import ValidationError
 
+from inference import drain
 from inference.api import flow
 from inference.api.chat import prepare_chat, response_schema
 from inference.api.errors import (
@@ -58,6 +59,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
         self._position_sends: set[asyncio.Future] = set()  # `queued` frames on their way (strong references)
         offered = self.scope.get("subprotocols", [])
         await self.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
+        drain.track_socket(self)  # told before a graceful stop, closed after it
         self.secret = _bearer(self.scope)
         try:
             self.principal = await self._authenticate()
@@ -67,7 +69,14 @@ class GenerateConsumer(AsyncWebsocketConsumer):
             counters.count_rejected(WS_ROUTE, exc.status)
             await self.close(code=CLOSE_UNAUTHENTICATED, reason=str(exc)[:120])
 
+    async def shutdown_notice(self, drain_timeout_s: float) -> None:
+        """The server is stopping: generations running finish (up to the drain time), new ones are refused."""
+        await self.send_json({"type": "shutdown", "drain_timeout_s": drain_timeout_s,
+                              "message": "The server is shutting down: running generations may finish; "
+                                         "reconnect (another instance, or this one once it is back)."})  # fmt: skip
+
     async def disconnect(self, code: int) -> None:
+        drain.forget_socket(self)
         for handle in self.handles.values():
             handle.cancel()  # each is finalized as `cancelled` by its own outcome
         for task in [t for t, _ in self.jobs.values()]:

@@ -1,6 +1,7 @@
 """Readiness: whether this server should get traffic now (`/health/ready`), check by check.
 
-`/health` stays liveness (the process answers). Readiness asks more: the database and the
+`/health` stays liveness (the process answers). Readiness asks more: the server is not
+shutting down (inference.drain), the database and the
 broker answer, the `preload` models are loaded and passed their latest self-test, the
 disks have room, the registered files are there, a GPU is visible where a config counts
 on one, and KAREN answers where KAREN_URL is set. Each check's state and the time it last
@@ -22,6 +23,7 @@ from django.conf import settings
 from django.db import connection
 from kombu.utils.url import maybe_sanitize_url
 
+from inference import drain
 from inference.engine import get_engine
 from models_app.choices import ModelStatus
 from models_app.models import LLMModel
@@ -158,7 +160,15 @@ def _karen() -> tuple[bool, str]:
     return True, f"{url} answered HTTP {response.status_code}"
 
 
+def _serving() -> tuple[bool, str]:
+    now = drain.state()
+    if now["draining"]:
+        return False, f"shutting down for {now['draining_for_s']} s; {now['running']} generation(s) finishing"
+    return True, f"accepting requests; {now['running']} generation(s) running"
+
+
 _PROBES: list[tuple[str, Callable[[], tuple[bool, str]]]] = [
+    ("serving", _serving),
     ("database", _database),
     ("broker", _broker),
     ("preload_models", _preload_models),

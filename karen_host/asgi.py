@@ -1,6 +1,7 @@
 """ASGI entry point: `daphne karen_host.asgi:application` serves HTTP and websockets."""
 
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -25,3 +26,10 @@ application = ProtocolTypeRouter(
         "channel": ChannelNameRouter({"inference": InferenceNodeConsumer.as_asgi()}),
     }
 )
+
+if "twisted.internet.reactor" in sys.modules:  # served by daphne: SIGTERM drains before it stops
+    from twisted.internet import reactor
+
+    from inference.drain import install_signal_handlers
+
+    install_signal_handlers(reactor)

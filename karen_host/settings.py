@@ -292,6 +292,8 @@ INFERENCE_MODE = env.str("INFERENCE_MODE", default="local")
 # Readiness (/health/ready): the free space VAR_DIR and MODELS_DIR need, and KAREN's URL to
 # check for reachability (unset: not checked).
 DISK_MIN_FREE_MB = env.int("DISK_MIN_FREE_MB", default=500)
+# On SIGTERM or SIGINT, running generations may finish for this long before they are cancelled.
+DRAIN_TIMEOUT_S = env.float("DRAIN_TIMEOUT_S", default=30.0)
 KAREN_URL = env.str("KAREN_URL", default="")
 if INFERENCE_MODE not in ("local", "remote"):
     from django.core.exceptions import ImproperlyConfigured

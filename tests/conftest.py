@@ -165,38 +165,51 @@ def live_server_url(django_db_setup, django_db_blocker):
         thread.join(timeout=10)
 
 
+class Daphne:
+    """A real `daphne karen_host.asgi:application` process on a free port, on the test database."""
+
+    def __init__(self, log: Path, **env: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        import httpx
+        from django.conf import settings
+
+        self.log = log
+        port = _free_port()
+        environ = {**os.environ, "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
+                   "LOG_LEVEL": "WARNING", **env}  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "karen_host.asgi:application"],
+            env=environ, cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.process.kill()
+        raise RuntimeError(f"daphne did not start: {log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 @pytest.fixture(scope="session")
 def live_daphne_url(django_db_setup, django_db_blocker, tmp_path_factory):
-    """A real `daphne karen_host.asgi:application` process on a free port, on the test database."""
-    import os
-    import subprocess
-    import sys
-
-    import httpx
-    from django.conf import settings
-
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}", "LOG_LEVEL": "WARNING"}
-    log = tmp_path_factory.mktemp("daphne") / "daphne.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "karen_host.asgi:application"],
-        env=env, cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        process.kill()
-        raise RuntimeError(f"daphne did not start: {log.read_text()[-2000:]}")
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    """The URL of a real daphne serving the app, shared by the session's tests."""
+    daphne = Daphne(tmp_path_factory.mktemp("daphne") / "daphne.log")
+    yield daphne.url
+    daphne.stop()

@@ -6,14 +6,17 @@ auth, limits and metering have one code path.
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
 
+from inference import drain
 from inference.api.errors import (
     REQUEST_ID_HEADER,
     APIError,
@@ -102,6 +105,9 @@ async def submit(
     *, principal: Principal, spec: ModelSpec, job: Job, endpoint: str, request_id: str, client: str | None
 ) -> JobHandle:
     """Apply the token's limits, admit (usage row) and queue the job; refusals become APIErrors, never billed."""
+    if drain.draining():
+        raise Unavailable("The server is shutting down; retry (another instance, or this one once it is back).",
+                          code="shutting_down", retry_after=max(1, math.ceil(settings.DRAIN_TIMEOUT_S)))  # fmt: skip
     meter = Meter(request_id, endpoint, principal.token_id, spec.model_id, client, lane=principal.lane)
     # the fair queue's turns and lanes: minted tokens take their minter's turn, not one each
     job.owner, job.lane = principal.budget, principal.lane
@@ -111,9 +117,11 @@ async def submit(
     job.keep_alive_may_shorten = principal.has_scope("models:manage")
     admission = await admit_within_limits(principal, job, request_id)  # RateLimited (429) past a token limit
     try:
-        return await get_engine().submit(
+        handle = await get_engine().submit(
             spec, job, on_admit=admission.guard_admit(meter.admit), on_outcome=admission.settle_first(meter.finalize)
         )
+        drain.track(handle)  # a graceful stop waits for it
+        return handle
     except BaseException as exc:
         admission.abandon()  # refused, or the caller left: the reservation is undone unless admitted
         if isinstance(exc, Exception):

@@ -113,8 +113,9 @@ class Command(BaseCommand):
         self.stdout.write(f"Serving on http://{host}:{port}/ with a worker and beat (Ctrl-C stops all three)")
         self.stdout.flush()
         # honcho kills what is still running 5 s after Ctrl-C; a warm worker shutdown lets the
-        # running task finish, and a self-test of a large model takes longer than that.
-        honcho.manager.KILL_WAIT = 15
+        # running task finish, and a self-test of a large model takes longer than that. The web
+        # server drains for up to DRAIN_TIMEOUT_S, and then waits for cancelled jobs to end.
+        honcho.manager.KILL_WAIT = max(15, settings.DRAIN_TIMEOUT_S + 15)
         manager = honcho.manager.Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
         for name, argv in commands.items():
             # exec: the signal honcho sends on Ctrl-C reaches the program, not an idle shell.

@@ -26,7 +26,8 @@ def test_ready_when_every_check_passes(client, small_model):
     status, body = _ready(client)
     assert (status, body["status"], body["failing"]) == (200, "ready", [])
     names = [c["name"] for c in body["checks"]]
-    assert names == ["database", "broker", "preload_models", "self_tests", "disk", "model_files", "gpu", "karen"]
+    assert names == ["serving", "database", "broker", "preload_models", "self_tests", "disk", "model_files", "gpu",
+                     "karen"]  # fmt: skip
     assert all(c["since"] for c in body["checks"])
 
 
@@ -48,7 +49,7 @@ def test_each_check_keeps_when_it_last_changed(client, small_model, settings):
     assert {c.name: c.since for c in readiness()} == first  # nothing changed: the same times
     settings.DISK_MIN_FREE_MB = 10**9  # no disk has a petabyte free
     status, body = _ready(client)
-    assert status == 503 and body["failing"] == ["disk"] and "low on space" in body["checks"][4]["detail"]
+    assert status == 503 and body["failing"] == ["disk"] and "low on space" in body["checks"][5]["detail"]
     after = {c["name"]: c["since"] for c in body["checks"]}
     assert after["disk"] > first["disk"].isoformat() and after["database"] == first["database"].isoformat()
 

@@ -1,0 +1,150 @@
+"""Graceful stop: on SIGTERM or SIGINT, refuse new work, let running generations finish, then stop.
+
+While draining, `flow.submit` refuses every new generation with 503 and Retry-After,
+readiness fails at once, and websocket clients get a `shutdown` frame. Generations still
+running after DRAIN_TIMEOUT_S are cancelled, and the process stops only once every one of
+them has ended and closed its usage row. A second signal stops at once.
+`install_signal_handlers` wires this into daphne's reactor (karen_host/asgi.py).
+"""
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from inference.engine import JobHandle
+
+logger = logging.getLogger(__name__)
+
+CANCEL_GRACE_S = 10.0  # for cancelled jobs to reach their next step and close their usage rows
+CLOSE_GRACE_S = 2.0  # for websocket clients to answer the close
+# Websocket close code after a drain, as 4401 is for a refused token (autobahn lets a server send
+# only 1000 and 3000-4999, not 1001 "going away" or 1012 "service restart").
+CLOSE_SHUTTING_DOWN = 4503
+
+
+class Socket(Protocol):
+    async def shutdown_notice(self, drain_timeout_s: float) -> None: ...
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+_lock = threading.Lock()
+_running: set[JobHandle] = set()
+_sockets: set[Socket] = set()
+_draining_since: float | None = None
+
+
+def track(handle: JobHandle) -> None:
+    """Count `handle` as running until its outcome's callbacks (its usage row's close among them) have run."""
+    with _lock:
+        _running.add(handle)
+
+    def ended(_outcome: object) -> None:
+        with _lock:
+            _running.discard(handle)
+
+    handle.on_outcome(ended)  # after the meter's own callback, which was registered first
+
+
+def track_socket(socket: Socket) -> None:
+    with _lock:
+        _sockets.add(socket)
+
+
+def forget_socket(socket: Socket) -> None:
+    with _lock:
+        _sockets.discard(socket)
+
+
+def draining() -> bool:
+    return _draining_since is not None
+
+
+def state() -> dict[str, Any]:
+    """Whether a drain is on, since when (seconds), and how many generations are still running."""
+    with _lock:
+        running = len(_running)
+    since = None if _draining_since is None else round(time.monotonic() - _draining_since, 1)
+    return {"draining": _draining_since is not None, "draining_for_s": since, "running": running}
+
+
+def _sockets_left() -> bool:
+    with _lock:
+        return bool(_sockets)
+
+
+def _running_now() -> list[JobHandle]:
+    with _lock:
+        return list(_running)
+
+
+async def drain(timeout_s: float) -> dict[str, int]:
+    """Refuse new work, wait up to `timeout_s` for running generations, cancel the rest and wait for them to end."""
+    global _draining_since
+    if _draining_since is None:
+        _draining_since = time.monotonic()
+    started = time.monotonic()
+    with _lock:
+        sockets, total = list(_sockets), len(_running)
+    logger.info("draining: %d generation(s) running, %d socket(s); up to %.0f s", total, len(sockets), timeout_s)
+    for socket in sockets:
+        await _quietly(socket.shutdown_notice(timeout_s))
+    while _running_now() and time.monotonic() - started < timeout_s:
+        await asyncio.sleep(0.05)
+    left = _running_now()
+    for handle in left:
+        handle.cancel()  # ended as `cancelled` at the scheduler's next step, its usage row with it
+    cancel_deadline = time.monotonic() + CANCEL_GRACE_S
+    while _running_now() and time.monotonic() < cancel_deadline:
+        await asyncio.sleep(0.05)
+    for socket in sockets:
+        await _quietly(socket.close(code=CLOSE_SHUTTING_DOWN, reason="server shutting down"))
+    close_deadline = time.monotonic() + CLOSE_GRACE_S  # the close frames leave before the reactor stops
+    while _sockets_left() and time.monotonic() < close_deadline:
+        await asyncio.sleep(0.05)
+    unended = len(_running_now())
+    logger.info("drained: %d finished, %d cancelled, %d did not end", total - len(left), len(left), unended)
+    return {"finished": total - len(left), "cancelled": len(left), "unended": unended}
+
+
+async def _quietly(step: Any) -> None:
+    try:
+        await step
+    except Exception:
+        logger.debug("a socket could not be told about the drain", exc_info=True)
+
+
+def install_signal_handlers(reactor: Any) -> None:
+    """Once daphne's reactor runs: SIGTERM and SIGINT drain, then stop it; a second signal stops it at once.
+
+    Twisted's own handlers would stop the reactor at once (daphne then cancels every
+    application instance), so these replace them once it runs.
+    """
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if draining():
+            logger.warning("second %s: stopping now", signal.Signals(signum).name)
+            reactor.callFromThread(reactor.stop)
+            return
+        logger.info("%s: draining for up to %.0f s", signal.Signals(signum).name, settings.DRAIN_TIMEOUT_S)
+        reactor.callFromThread(lambda: asyncio.ensure_future(_drain_then_stop(reactor)))
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    reactor.callWhenRunning(install)
+
+
+async def _drain_then_stop(reactor: Any) -> None:
+    global _draining_since
+    _draining_since = time.monotonic()  # readiness and submit see it before the first await
+    try:
+        await drain(settings.DRAIN_TIMEOUT_S)
+    finally:
+        reactor.stop()

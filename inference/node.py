@@ -25,13 +25,15 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from inference.drain import CANCEL_GRACE_S
 from inference.engine import get_engine, wire
 from inference.engine.jobs import Job, JobHandle, Outcome, Token
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelBusy, PoolError
 from inference.engine.spec import ModelSpec
 from karen_host.logs import bind_for_rest
-from models_app.placement import placed_models, record_heartbeat
+from models_app.choices import NodeStatus
+from models_app.placement import mark_node_down, placed_models, record_heartbeat
 
 logger = logging.getLogger(__name__)
 COALESCE_S = 0.02  # tokens decoded within 20 ms travel in one message
@@ -76,6 +78,7 @@ class InferenceNodeConsumer(AsyncConsumer):
     """Runs the jobs web nodes send; one instance per `runworker inference` process."""
 
     engine: LocalEngine | None = None
+    draining = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """AsyncConsumer's, but a Redis hiccup on the node's channel is retried, not fatal."""
@@ -118,6 +121,8 @@ class InferenceNodeConsumer(AsyncConsumer):
         self.jobs: dict[str, _NodeJob] = {}
         self.pinned: set[str] = set()  # loaded because placed here
         self.hardware = await asyncio.to_thread(describe_hardware)
+        global _current
+        _current = self
         await self._beat(starting=True)
         self._spawn(self._heartbeat_loop())
         self._spawn(self._reconcile_loop())
@@ -136,6 +141,11 @@ class InferenceNodeConsumer(AsyncConsumer):
         """Sent by the worker at boot, so the node heartbeats before any job arrives."""
 
     async def inference_generate(self, message: dict[str, Any]) -> None:
+        if self.draining:  # sent before routing saw the drain: the web node sends it elsewhere
+            refusal = {"kind": "node_draining", "message": f"inference node {self.name} is shutting down",
+                       "param": None, "code": "node_draining", "depth": 0, "retry_after_s": 1}  # fmt: skip
+            await self._send(message["reply_to"], {"type": wire.ERROR, "id": message["id"], "error": refusal})
+            return
         entry = _NodeJob(message["reply_to"])
         self.jobs[message["id"]] = entry  # before any await: a cancel right behind it finds it
         self._spawn(self._run_job(message, entry))
@@ -234,8 +244,33 @@ class InferenceNodeConsumer(AsyncConsumer):
     async def _beat(self, *, starting: bool = False) -> None:
         await database_sync_to_async(record_heartbeat)(
             name=self.name, channel=self.channel_name, hardware=self.hardware, report=self.engine.status(),
-            starting=starting,
+            starting=starting, status=NodeStatus.DRAINING if self.draining else NodeStatus.UP,
         )  # fmt: skip
+
+    async def drain(self, timeout_s: float) -> dict[str, int]:
+        """Take no new job, let running ones finish for up to `timeout_s`, cancel the rest, then mark this node down.
+
+        Routing stops sending at its next read of the node table (within a second); the
+        running jobs stay live there, so their streams are not failed over.
+        """
+        self.draining = True
+        await self._beat()
+        started, total = time.monotonic(), len(self.jobs)
+        while self.jobs and time.monotonic() - started < timeout_s:
+            await asyncio.sleep(0.05)
+        left = list(self.jobs.values())
+        for entry in left:
+            entry.cancelled = True
+            if entry.handle is not None:
+                entry.handle.cancel()
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while self.jobs and time.monotonic() < deadline:  # each relays its outcome, then leaves `jobs`
+            await asyncio.sleep(0.05)
+        for task in [t for t in self.tasks if t is not asyncio.current_task()]:
+            task.cancel()  # no heartbeat may write `draining` over `down`
+        await database_sync_to_async(mark_node_down)(name=self.name, channel=self.channel_name)
+        logger.info("node %s drained: %d finished, %d cancelled", self.name, total - len(left), len(left))
+        return {"finished": total - len(left), "cancelled": len(left)}
 
     async def _heartbeat_loop(self) -> None:
         # Its own task: a reconcile loading a large model must not silence the heartbeat.
@@ -293,3 +328,16 @@ def describe_hardware() -> str:
         gpus = []
     names = ", ".join(line.strip() for line in gpus if line.strip()) or "GPU offload available"
     return f"GPU: {names}; {cpu}"
+
+
+_current: InferenceNodeConsumer | None = None  # this process's node, once it started
+
+
+def draining_now() -> bool:
+    return _current is not None and _current.draining
+
+
+async def drain_current(timeout_s: float) -> None:
+    """Drain this process's node, if it has started one."""
+    if _current is not None:
+        await _current.drain(timeout_s)

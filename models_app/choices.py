@@ -47,7 +47,8 @@ class UsageStatus(models.TextChoices):
 
 class NodeStatus(models.TextChoices):
     UP = "up", "Up"
-    DOWN = "down", "Down (missed 3 heartbeats)"
+    DRAINING = "draining", "Draining (finishing its jobs, taking no new ones)"
+    DOWN = "down", "Down (stopped, or missed 3 heartbeats)"
 
 
 class Lane(models.TextChoices):

@@ -30,6 +30,7 @@ class NodeView:
     max_loaded_models: int
     memory_budget_mb: float
     memory_used_mb: float
+    draining: bool = False  # stopping: its running jobs go on, routing sends it no new one
 
     def holds(self, model_id: str) -> bool:
         return any(m["id"] == model_id for m in self.loaded)
@@ -41,13 +42,21 @@ class NodeView:
         return self.load_on_demand or model_id in self.placed
 
 
-def record_heartbeat(*, name: str, channel: str, hardware: str, report: dict[str, Any], starting: bool = False) -> None:
-    """Write a node's heartbeat: it is up, at `channel`, holding what `report` (engine status) lists."""
+def record_heartbeat(
+    *,
+    name: str,
+    channel: str,
+    hardware: str,
+    report: dict[str, Any],
+    starting: bool = False,
+    status: str = NodeStatus.UP,
+) -> None:
+    """Write a node's heartbeat: `status` (up, draining), at `channel`, holding what `report` (engine status) lists."""
     loaded = report.get("loaded", [])
     fields = {
         "channel": channel,
         "hardware": hardware[:300],
-        "status": NodeStatus.UP,
+        "status": status,
         "slots": sum(m.get("slots", 0) for m in loaded),
         "in_flight": sum(m.get("in_flight", 0) for m in loaded),
         "loaded": loaded,
@@ -71,7 +80,8 @@ def mark_silent_nodes_down(*, heartbeat_s: float) -> int:
 def live_nodes(*, heartbeat_s: float) -> list[NodeView]:
     """Nodes that heartbeat recently, with the models placed on them (two queries)."""
     cutoff = Now() - timedelta(seconds=heartbeat_s * MISSED_HEARTBEATS)
-    nodes = list(InferenceNode.objects.filter(status=NodeStatus.UP, last_heartbeat__gte=cutoff).exclude(channel=""))
+    live = (NodeStatus.UP, NodeStatus.DRAINING)
+    nodes = list(InferenceNode.objects.filter(status__in=live, last_heartbeat__gte=cutoff).exclude(channel=""))
     placed: dict[int, set[str]] = {}
     for node_id, model_id in ModelPlacement.objects.filter(node__in=nodes).values_list("node_id", "model_id"):
         placed.setdefault(node_id, set()).add(model_id)
@@ -86,6 +96,7 @@ def live_nodes(*, heartbeat_s: float) -> list[NodeView]:
             max_loaded_models=n.max_loaded_models,
             memory_budget_mb=n.memory_budget_mb,
             memory_used_mb=n.memory_used_mb,
+            draining=n.status == NodeStatus.DRAINING,
         )
         for n in nodes
     ]
@@ -111,3 +122,8 @@ def move_model(*, model: LLMModel, from_node: InferenceNode, to_node: InferenceN
     placement = place_model(model=model, node=to_node)
     ModelPlacement.objects.filter(model=model, node=from_node).delete()
     return placement
+
+
+def mark_node_down(*, name: str, channel: str) -> None:
+    """A node that stopped says so at once, rather than leaving routing to wait for missed heartbeats."""
+    InferenceNode.objects.filter(name=name, channel=channel).update(status=NodeStatus.DOWN)

@@ -279,6 +279,11 @@ class RemoteEngine:
         elif kind == wire.DONE:
             self._finish(flight, wire.decode_outcome(message["outcome"]))
         elif kind == wire.ERROR:
+            if message["error"]["kind"] == "node_draining" and not flight.started.done():
+                draining = flight.node  # it stopped taking jobs before routing knew: elsewhere, at once
+                self._release_node(flight)
+                self._spawn(self._retry(flight, draining))
+                return
             exc = wire.refusal_exception(message["error"], model_id=flight.job.model_id, node=flight.node.name)
             if not flight.started.done():
                 flight.started.set_exception(exc)

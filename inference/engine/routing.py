@@ -46,7 +46,7 @@ class NodeDirectory:
         Raises NodeUnavailable (503, Retry-After) naming the model when there is none.
         """
         skip = set(exclude)
-        candidates = [n for n in self.nodes.values() if n.name not in skip]
+        candidates = [n for n in self.nodes.values() if n.name not in skip and not n.draining]
         holding = [n for n in candidates if n.holds(model_id)]
         if holding:
             return min(holding, key=lambda n: (n.queued_for(model_id) + self.sent[n.name], n.in_flight, n.name))

@@ -111,6 +111,8 @@ def refusal_exception(error: dict[str, Any], *, model_id: str, node: str) -> Exc
         return exc
     if kind == "load_failed":
         return ModelLoadFailed(f"{message} (node {node})", retry_after_s=float(error.get("retry_after_s") or 5))
+    if kind == "node_draining":
+        return NodeUnavailable(f"{message}; retry shortly")
     by_kind = {"model_busy": ModelBusy, "no_room": NoRoom, "scheduler_down": SchedulerDown}
     if kind in by_kind:
         return by_kind[kind](f"{message} (node {node})")

@@ -30,6 +30,30 @@ def _secret_key() -> str:
 SECRET_KEY = _secret_key()
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+
+# HTTPS (README, "TLS"): `make run` serves it itself with TLS_CERT_FILE and TLS_KEY_FILE, or
+# a proxy in front terminates it (BEHIND_TLS_PROXY: it must set X-Forwarded-Proto, and nothing
+# but the proxy may reach the server, or a client could claim https). Either one turns on
+# HSTS, the redirect to https and secure cookies.
+TLS_CERT_FILE = env.str("TLS_CERT_FILE", default="")
+TLS_KEY_FILE = env.str("TLS_KEY_FILE", default="")
+if bool(TLS_CERT_FILE) != bool(TLS_KEY_FILE):
+    raise ImproperlyConfigured("Set both TLS_CERT_FILE and TLS_KEY_FILE (PEM files), or neither.")
+BEHIND_TLS_PROXY = env.bool("BEHIND_TLS_PROXY", default=False)
+if TLS_CERT_FILE or BEHIND_TLS_PROXY:
+    SECURE_SSL_REDIRECT = True
+    # Probes and scrapers on the machine or in the cluster speak plain HTTP to the server itself.
+    SECURE_REDIRECT_EXEMPT = [r"^health(/|$)", r"^metrics$"]
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.int("HSTS_SECONDS", default=365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("HSTS_PRELOAD", default=False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading is a promise made to the browsers' list (hstspreload.org), not a setting
+        # to turn on by default: HSTS_PRELOAD=true opts in, and only then is W021 relevant.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+if BEHIND_TLS_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=[])
 # What a browser client may read of a cross-origin response: the usage row, and the token limits (README, "Limits").
@@ -266,7 +290,10 @@ CELERY_WORKER_POOL = env.str("CELERY_WORKER_POOL", default="threads")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # The worker reaches the serving process over its own authenticated API, as it would
 # from another machine, with the secret `manage.py serve` writes to SERVICE_TOKEN_FILE.
-SERVER_URL = env.str("SERVER_URL", default=f"http://127.0.0.1:{PORT}").rstrip("/")
+SERVER_URL = env.str("SERVER_URL", default=f"{'https' if TLS_CERT_FILE else 'http'}://127.0.0.1:{PORT}").rstrip("/")
+# What the worker trusts for an https SERVER_URL: by default the server's own certificate
+# (a self-signed one works when it names 127.0.0.1), else the system's CAs.
+SERVER_CA_FILE = env.str("SERVER_CA_FILE", default=TLS_CERT_FILE)
 SERVER_TIMEOUT_S = env.float("SERVER_TIMEOUT_S", default=300.0)  # covers loading a large model
 SERVICE_TOKEN_FILE = Path(env.str("SERVICE_TOKEN_FILE", default=str(VAR_DIR / "service_token")))
 

@@ -6,6 +6,7 @@ worker run on different machines.
 """
 
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ class ServerAPI:
         self.base_url = (base_url or settings.SERVER_URL).rstrip("/")
         self._secret = secret if secret is not None else read_service_token()
         self._timeout = httpx.Timeout(timeout_s or settings.SERVER_TIMEOUT_S, connect=5.0)
+        self._verify: ssl.SSLContext | bool = True
+        if self.base_url.startswith("https://") and settings.SERVER_CA_FILE:
+            self._verify = ssl.create_default_context(cafile=settings.SERVER_CA_FILE)
 
     def load_model(self, model_id: str) -> dict[str, Any]:
         """POST /models/load: load now, or refresh the keep-alive of a loaded model."""
@@ -76,7 +80,8 @@ class ServerAPI:
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self._secret}"}
         try:
-            response = httpx.post(f"{self.base_url}{path}", json=body, headers=headers, timeout=self._timeout)
+            response = httpx.post(f"{self.base_url}{path}", json=body, headers=headers, timeout=self._timeout,
+                                  verify=self._verify)  # fmt: skip
         except httpx.TransportError as exc:
             raise ServerUnreachable(f"{self.base_url}{path}: {exc or type(exc).__name__}") from exc
         if response.status_code == 200:

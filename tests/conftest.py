@@ -168,7 +168,7 @@ def live_server_url(django_db_setup, django_db_blocker):
 class Daphne:
     """A real `daphne karen_host.asgi:application` process on a free port, on the test database."""
 
-    def __init__(self, log: Path, **env: str) -> None:
+    def __init__(self, log: Path, *, listen: list[str] | None = None, verify: object = True, **env: str) -> None:
         import os
         import subprocess
         import sys
@@ -180,15 +180,17 @@ class Daphne:
         port = _free_port()
         environ = {**os.environ, "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
                    "LOG_LEVEL": "WARNING", **env}  # fmt: skip
+        listen = listen or ["-b", "127.0.0.1", "-p", "{port}"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "karen_host.asgi:application"],
+            [sys.executable, "-m", "daphne", *(a.replace("{port}", str(port)) for a in listen),
+             "karen_host.asgi:application"],
             env=environ, cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
         )  # fmt: skip
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if any(a.startswith('ssl:') for a in listen) else 'http'}://127.0.0.1:{port}"
         deadline = time.time() + 90
         while time.time() < deadline:
             try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=5, verify=verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)

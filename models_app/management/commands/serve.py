@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from models_app.bundled import link_bundled_model
 from models_app.scanning import scan_models
@@ -72,11 +72,10 @@ class Command(BaseCommand):
             return
         from daphne.cli import CommandLineInterface
 
-        self.stdout.write(f"Serving on http://{options['host']}:{options['port']}/ (Ctrl-C stops)")
+        self.stdout.write(f"Serving on {_scheme()}://{options['host']}:{options['port']}/ (Ctrl-C stops)")
         CommandLineInterface().run(
             [
-                "--bind", options["host"],
-                "--port", str(options["port"]),
+                *daphne_endpoint(options["host"], options["port"]),
                 "--verbosity", "1" if options["log_level"].upper() in ("DEBUG", "INFO") else "0",
                 "karen_host.asgi:application",
             ]
@@ -102,15 +101,16 @@ class Command(BaseCommand):
         default_url = f"http://127.0.0.1:{settings.PORT}"
         if default_url == settings.SERVER_URL:  # not set: follow --host and --port
             reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-            env["SERVER_URL"] = f"http://[{reachable}]:{port}" if ":" in reachable else f"http://{reachable}:{port}"
+            address = f"[{reachable}]" if ":" in reachable else reachable
+            env["SERVER_URL"] = f"{_scheme()}://{address}:{port}"
         python = sys.executable
         commands = {
-            "web": [python, "-m", "daphne", "--bind", host, "--port", str(port),
+            "web": [python, "-m", "daphne", *daphne_endpoint(host, port),
                     "--verbosity", "1" if level in ("DEBUG", "INFO") else "0", "karen_host.asgi:application"],
             "worker": [python, "-m", "celery", "-A", "karen_host", "worker", "--loglevel", level],
             "beat": [python, "-m", "celery", "-A", "karen_host", "beat", "--loglevel", level],
         }  # fmt: skip
-        self.stdout.write(f"Serving on http://{host}:{port}/ with a worker and beat (Ctrl-C stops all three)")
+        self.stdout.write(f"Serving on {_scheme()}://{host}:{port}/ with a worker and beat (Ctrl-C stops all three)")
         self.stdout.flush()
         # honcho kills what is still running 5 s after Ctrl-C; a warm worker shutdown lets the
         # running task finish, and a self-test of a large model takes longer than that. The web
@@ -123,3 +123,26 @@ class Command(BaseCommand):
         manager.loop()
         if manager.returncode:
             sys.exit(manager.returncode)
+
+
+def _scheme() -> str:
+    return "https" if settings.TLS_CERT_FILE else "http"
+
+
+def daphne_endpoint(host: str, port: int) -> list[str]:
+    """daphne's arguments for where to listen: plain HTTP, or HTTPS and WSS with TLS_CERT_FILE and TLS_KEY_FILE."""
+    if not settings.TLS_CERT_FILE:
+        return ["--bind", host, "--port", str(port)]
+    for name in ("TLS_CERT_FILE", "TLS_KEY_FILE"):
+        if not Path(getattr(settings, name)).is_file():
+            raise CommandError(f"{name} is {getattr(settings, name)!r}, which is not a readable file (PEM).")
+
+    def escaped(value: str) -> str:  # twisted endpoint strings separate fields with ':'
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+
+    where = f":interface={escaped(host)}" if host else ""
+    key, cert = (
+        escaped(str(Path(settings.TLS_KEY_FILE).resolve())),
+        escaped(str(Path(settings.TLS_CERT_FILE).resolve())),
+    )
+    return ["-e", f"ssl:port={port}{where}:privateKey={key}:certKey={cert}"]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from django.db import close_old_connections
 
-from inference.engine.jobs import Outcome
+from inference import tracing
+from inference.engine.jobs import Job, Outcome
 from models_app.services import finalize_usage, start_usage
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Meter:
     model_id: str
     client_address: str | None
     lane: str = "interactive"
+    job: Job | None = None  # for the trace: how long it waited for its model to load
 
     def admit(self) -> None:
         start_usage(
@@ -89,6 +91,9 @@ class Meter:
         except Exception:  # the row stays `started`; the reconciler closes it as interrupted
             logger.exception("could not finalize usage %s", self.request_id)
         else:
+            tracing.record_request(request_id=self.request_id, endpoint=self.endpoint, model_id=self.model_id,
+                                   token_id=self.token_id, outcome=outcome,
+                                   load_ms=self.job.load_ms if self.job else 0.0)  # fmt: skip
             logger.info(
                 "%s %s on %s: %s, %d+%d tokens", self.endpoint, self.request_id, self.model_id, outcome.status,
                 outcome.prompt_tokens, outcome.completion_tokens,

@@ -11,10 +11,13 @@ django_asgi_app = get_asgi_application()  # before anything imports models
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from inference import tracing  # noqa: E402
 from inference.node import InferenceNodeConsumer  # noqa: E402
 from inference.origins import WebsocketOriginValidator  # noqa: E402
 from karen_host.api_handler import APIHandler, split_by_path  # noqa: E402
 from karen_host.routing import websocket_urlpatterns  # noqa: E402
+
+tracing.configure()  # on when OTEL_EXPORTER_OTLP_ENDPOINT is set
 
 application = ProtocolTypeRouter(
     {

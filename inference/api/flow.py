@@ -108,7 +108,7 @@ async def submit(
     if drain.draining():
         raise Unavailable("The server is shutting down; retry (another instance, or this one once it is back).",
                           code="shutting_down", retry_after=max(1, math.ceil(settings.DRAIN_TIMEOUT_S)))  # fmt: skip
-    meter = Meter(request_id, endpoint, principal.token_id, spec.model_id, client, lane=principal.lane)
+    meter = Meter(request_id, endpoint, principal.token_id, spec.model_id, client, lane=principal.lane, job=job)
     # the fair queue's turns and lanes: minted tokens take their minter's turn, not one each
     job.owner, job.lane = principal.budget, principal.lane
     job.request_id, job.token_name = request_id, principal.name

@@ -83,6 +83,7 @@ class Job:
     lane: str = "interactive"  # or "batch": interactive requests take free slots first
     request_id: str = ""  # its usage row, and the token's name: what the admin's live view shows
     token_name: str = ""
+    load_ms: float = 0.0  # time this request spent on getting its model loaded (set by the engine)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     submitted_at_perf: float = field(default_factory=time.perf_counter)
 

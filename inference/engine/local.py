@@ -57,7 +57,9 @@ class LocalEngine:
         Preparing (template, tokens, logit_bias ids, schema -> grammar, the sampler) raises
         PromptError for what the request got wrong; the pool is released on any failure.
         """
+        acquiring = time.perf_counter()
         loaded = self.pool.acquire(spec, keep_alive_s=job.keep_alive_s, may_shorten=job.keep_alive_may_shorten)
+        job.load_ms = (time.perf_counter() - acquiring) * 1000  # a load, or the wait for one (traced)
         try:
             handle.on_outcome(lambda _outcome: self.pool.release(spec.model_id))
             if job.kind == "embedding":

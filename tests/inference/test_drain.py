@@ -55,7 +55,7 @@ def _not_ready(url: str) -> bool:
 def test_sigterm_lets_a_stream_finish_and_refuses_new_requests(tmp_path, small_model, api_token):
     daphne = Daphne(tmp_path / "daphne.log", DRAIN_TIMEOUT_S="60")
     try:
-        stream = Stream(daphne.url, api_token[1], _chat(small_model.id, 300))
+        stream = Stream(daphne.url, api_token[1], _chat(small_model.id, 400))  # seconds: outlives the checks
         assert stream.first.wait(60) and stream.error is None
         daphne.process.send_signal(signal.SIGTERM)
         assert wait_for(lambda: _not_ready(daphne.url), timeout=10)
@@ -69,7 +69,7 @@ def test_sigterm_lets_a_stream_finish_and_refuses_new_requests(tmp_path, small_m
     finally:
         daphne.stop()
     row = UsageRecord.objects.get(request_id=stream.request_id)
-    assert (row.status, row.completion_tokens) == ("completed", 300)
+    assert (row.status, row.completion_tokens) == ("completed", 400)
     assert not UsageRecord.objects.filter(status="started").exists()
 
 

@@ -7,7 +7,7 @@ import httpx
 
 from tests.scaleout.conftest import long_body, stream_events
 
-TOKENS = 120
+TOKENS = 400  # seconds of decoding: it outlives the checks made while it runs
 
 
 def test_a_draining_node_finishes_its_stream_takes_no_new_job_and_says_it_is_down(only_node_a_holds_the_model):

@@ -102,6 +102,7 @@ def test_dashboard_shows_the_rows_made_here(page, shots, live_server_url, small_
     assert UsageRecord.objects.filter(rolled_up=False).count() == 0
     page.screenshot(path=shots / "dashboard.png", full_page=True)
     page.click("text=Apps and models")
+    page.wait_for_url("**/admin/apps/")  # the click navigates; read the new page, not the old one
     assert page.locator("#content h1").inner_text() == "Apps and models"
 
 
@@ -228,4 +229,5 @@ def test_usage_list_fits_and_exports_the_filtered_rows(page, shots, live_server_
     # The token's page links to its usage.
     page.goto(f"{live_server_url}/admin/models_app/apitoken/{kept.pk}/change/")
     page.click("text=usage rows")
+    page.wait_for_url(f"**/usagerecord/?token__id__exact={kept.pk}")  # the click navigates: wait for it
     assert page.locator("#result_list tbody tr").count() == 1

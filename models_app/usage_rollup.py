@@ -46,6 +46,12 @@ def decode_rate(completion_tokens: int, duration_ms: float | None, ttft_ms: floa
     return completion_tokens - 1, duration_ms - ttft_ms
 
 
+def latency_buckets(ttft_ms: float | None, rate: tuple[int, float] | None) -> list[tuple[str, int]]:
+    """The histogram buckets one finished request counts in: its time to first token, its decode tokens/s."""
+    buckets = [] if ttft_ms is None else [("ttft", bucket_of("ttft", ttft_ms))]
+    return buckets + ([("tps", bucket_of("tps", rate[0] * 1000 / rate[1]))] if rate else [])
+
+
 def roll_up_usage(*, batch: int = 5_000, max_batches: int | None = None) -> int:
     """Fold finished, not yet counted usage rows into the hourly and daily rollups; return how many.
 
@@ -110,11 +116,11 @@ def _roll_up_batch(limit: int) -> int:
             if ttft is not None:
                 total[3] += 1
                 total[4] += ttft
-                latency[(span, start, model_id or "", "ttft", bucket_of("ttft", ttft))] += 1
             if rate:
                 total[5] += rate[0]
                 total[6] += rate[1]
-                latency[(span, start, model_id or "", "tps", bucket_of("tps", rate[0] * 1000 / rate[1]))] += 1
+            for metric, bucket in latency_buckets(ttft, rate):
+                latency[(span, start, model_id or "", metric, bucket)] += 1
     _upsert(UsageRollup, ("span", "start", "model_id", "token_id", "status"), _SUM_FIELDS,
             [(*key, *values) for key, values in sums.items()])  # fmt: skip
     _upsert(LatencyRollup, ("span", "start", "model_id", "metric", "bucket"), ("count",),
@@ -263,10 +269,8 @@ def _histograms(step: str, since: datetime, token_ids: Collection[int] | None) -
     fields = ("model_id", "created_at", "completion_tokens", "duration_ms", "time_to_first_token_ms")
     for model_id, created, completion, duration, ttft in records.values_list(*fields).iterator():
         start = span_start(step, created)
-        if ttft is not None:
-            histograms[(model_id or "", start, "ttft")][bucket_of("ttft", ttft)] += 1
-        if rate := decode_rate(completion, duration, ttft):
-            histograms[(model_id or "", start, "tps")][bucket_of("tps", rate[0] * 1000 / rate[1])] += 1
+        for metric, bucket in latency_buckets(ttft, decode_rate(completion, duration, ttft)):
+            histograms[(model_id or "", start, metric)][bucket] += 1
     return histograms
 
 

@@ -10,12 +10,10 @@ the models placed on it and unloads the ones that were and no longer are.
 import asyncio
 import logging
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import llama_cpp
 import psutil
 from channels.consumer import AsyncConsumer
 from channels.db import database_sync_to_async
@@ -27,6 +25,7 @@ from redis.exceptions import RedisError
 
 from inference.drain import CANCEL_GRACE_S
 from inference.engine import get_engine, wire
+from inference.engine.devices import offload_devices
 from inference.engine.jobs import Job, JobHandle, Outcome, Token
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelBusy, PoolError
@@ -315,19 +314,14 @@ def _placed_specs(node_name: str) -> list[ModelSpec]:
 
 
 def describe_hardware() -> str:
-    """INFERENCE_NODE_DESCRIPTION, else the GPUs llama.cpp can offload to, cores and memory."""
+    """INFERENCE_NODE_DESCRIPTION, else the GPUs llama.cpp can offload to (ggml's device list), cores and memory."""
     if settings.INFERENCE_NODE_DESCRIPTION:
         return settings.INFERENCE_NODE_DESCRIPTION
     cpu = f"{os.cpu_count()} CPU cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    if not llama_cpp.llama_supports_gpu_offload():
+    gpus = offload_devices()
+    if not gpus:
         return cpu
-    try:
-        query = ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"]
-        gpus = subprocess.run(query, capture_output=True, text=True, timeout=5, check=False).stdout.split("\n")
-    except (OSError, subprocess.SubprocessError):
-        gpus = []
-    names = ", ".join(line.strip() for line in gpus if line.strip()) or "GPU offload available"
-    return f"GPU: {names}; {cpu}"
+    return "GPU: " + ", ".join(f"{d.description} ({d.total_mib:,} MiB)" for d in gpus) + f"; {cpu}"
 
 
 _current: InferenceNodeConsumer | None = None  # this process's node, once it started

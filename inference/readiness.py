@@ -25,6 +25,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from inference import drain
 from inference.engine import get_engine
+from inference.engine.devices import offload_devices
 from models_app.choices import ModelStatus
 from models_app.models import LLMModel
 from models_app.selectors import latest_self_tests
@@ -141,12 +142,18 @@ def _model_files() -> tuple[bool, str]:
 def _gpu() -> tuple[bool, str]:
     if settings.INFERENCE_MODE == "remote":
         return True, "models run on the inference nodes; each node reports its own hardware"
-    offload = bool(llama_cpp.llama_supports_gpu_offload())
     asking = sorted(LLMModel.objects.filter(enabled=True, config__n_gpu_layers__gt=0).values_list("pk", flat=True))
-    build = "this llama.cpp build offloads to a GPU" if offload else "this llama.cpp build runs on the CPU only"
-    if asking and not offload:
-        return False, f"{build}, but n_gpu_layers > 0 for: {', '.join(asking)}"
-    return True, build + (f"; {len(asking)} model(s) set n_gpu_layers > 0" if asking else "")
+    if not llama_cpp.llama_supports_gpu_offload():
+        build = "this llama.cpp build runs on the CPU only"
+        if asking:
+            return False, f"{build}, but n_gpu_layers > 0 for: {', '.join(asking)}"
+        return True, build
+    gpus = offload_devices()
+    listed = "; ".join(map(str, gpus)) or "none visible"
+    if asking and not gpus:
+        build = "this build offloads to a GPU, but no GPU device is visible"
+        return False, f"{build}; n_gpu_layers > 0 for: {', '.join(asking)}"
+    return True, f"GPU devices: {listed}" + (f"; {len(asking)} model(s) set n_gpu_layers > 0" if asking else "")
 
 
 def _karen() -> tuple[bool, str]:

@@ -21,7 +21,6 @@ from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 from channels.utils import await_many_dispatch
 from django.conf import settings
-from redis.exceptions import RedisError
 
 from inference.drain import CANCEL_GRACE_S
 from inference.engine import get_engine, wire
@@ -94,6 +93,8 @@ class InferenceNodeConsumer(AsyncConsumer):
                 task.cancel()
 
     async def _receive_own(self) -> dict[str, Any]:
+        from redis.exceptions import RedisError  # here: a web server that only imports this module needs no redis
+
         while True:
             try:
                 return await self.channel_layer.receive(self.channel_name)

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import llama_cpp
 from celery import current_app
 from django.conf import settings
@@ -160,6 +159,8 @@ def _karen() -> tuple[bool, str]:
     url = settings.KAREN_URL
     if not url:
         return True, "KAREN_URL not set: not checked"
+    import httpx  # only where KAREN_URL is set
+
     try:
         response = httpx.get(url, timeout=KAREN_TIMEOUT_S, follow_redirects=False)
     except httpx.HTTPError as exc:

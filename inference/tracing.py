@@ -11,26 +11,29 @@ OTEL_* variables (endpoint, headers, OTEL_SERVICE_NAME).
 import logging
 import os
 import time
-from typing import Any
-
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Status, StatusCode, Tracer, set_span_in_context
+from typing import TYPE_CHECKING, Any
 
 from inference.engine import Outcome
 
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on: a server without it keeps ~5 MB
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.trace import Tracer
+
 logger = logging.getLogger(__name__)
-_tracer: Tracer | None = None
+_tracer: "Tracer | None" = None
 
 
-def configure(exporter: SpanExporter | None = None) -> bool:
+def configure(exporter: "SpanExporter | None" = None) -> bool:
     """Start tracing: to `exporter` (tests), else OTLP/HTTP if OTEL_EXPORTER_OTLP_ENDPOINT is set; True if on."""
     global _tracer
+    if exporter is None and not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        _tracer = None
+        return False
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+
     if exporter is None:
-        if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            _tracer = None
-            return False
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         processor = BatchSpanProcessor(OTLPSpanExporter())
@@ -55,6 +58,8 @@ def record_request(*, request_id: str, endpoint: str, model_id: str, token_id: i
     tracer = _tracer
     if tracer is None:
         return
+    from opentelemetry.trace import Status, StatusCode, set_span_in_context
+
     end = time.time_ns()
     start = end - int(outcome.duration_ms * 1e6)
     attributes: dict[str, Any] = {

@@ -3,9 +3,11 @@
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gguf
+if TYPE_CHECKING:  # gguf (and numpy) load when a file is read, not with the admin
+    import gguf
+
 
 HASH_CHUNK = 4 * 1024 * 1024
 # Keys copied into their own LLMModel fields, or too big to keep (token tables).
@@ -27,7 +29,7 @@ def file_sha256(path: Path, progress: Callable[[int], None] | None = None) -> st
     return digest.hexdigest()
 
 
-def _field_value(field: gguf.ReaderField) -> Any:
+def _field_value(field: "gguf.ReaderField") -> Any:
     value = field.contents()
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
@@ -47,6 +49,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         if f.read(4) != b"GGUF":
             raise GGUFError("not a GGUF file (bad magic bytes)")
+    import gguf
+
     try:
         reader = gguf.GGUFReader(path, "r")
     except Exception as exc:  # the reader raises ValueError, IndexError, KeyError... on garbage

@@ -10,7 +10,6 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import httpx
 from django.conf import settings
 
 
@@ -64,6 +63,8 @@ class ServerAPI:
     ) -> None:
         self.base_url = (base_url or settings.SERVER_URL).rstrip("/")
         self._secret = secret if secret is not None else read_service_token()
+        import httpx
+
         self._timeout = httpx.Timeout(timeout_s or settings.SERVER_TIMEOUT_S, connect=5.0)
         self._verify: ssl.SSLContext | bool = True
         if self.base_url.startswith("https://") and settings.SERVER_CA_FILE:
@@ -78,6 +79,8 @@ class ServerAPI:
         return self._post("/v1/chat/completions", {"model": model_id, "messages": messages, **params})
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        import httpx
+
         headers = {"Authorization": f"Bearer {self._secret}"}
         try:
             response = httpx.post(f"{self.base_url}{path}", json=body, headers=headers, timeout=self._timeout,

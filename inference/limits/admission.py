@@ -16,7 +16,6 @@ from inference.auth import Principal
 from inference.engine import Job, Outcome
 from inference.limits.budget import Decision, Limiter, Limits
 from inference.limits.headers import add_headers
-from inference.limits.in_redis import RedisLimiter
 from inference.limits.memory import MemoryLimiter
 from inference.metering import counters
 
@@ -30,7 +29,12 @@ def get_limiter() -> Limiter:
     config = (settings.REDIS_URL, settings.CONCURRENCY_LEASE_S)
     with _limiter_lock:
         if _limiter is None or _limiter[0] != config:
-            store = RedisLimiter(config[0], lease_s=config[1]) if config[0] else MemoryLimiter()
+            if config[0]:
+                from inference.limits.in_redis import RedisLimiter  # redis is imported only where REDIS_URL asks for it
+
+                store: Limiter = RedisLimiter(config[0], lease_s=config[1])
+            else:
+                store = MemoryLimiter()
             _limiter = (config, store)
         return _limiter[1]
 

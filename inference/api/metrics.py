@@ -33,6 +33,7 @@ _SCHEDULER_COUNTERS = [
     ("prompt_cache_tokens_restored", "prompt_cache_tokens_restored", "Tokens restored from the prompt cache."),
     ("queue_timeouts", "queue_timeouts", "Requests that waited past queue_timeout and got 503."),
     ("request_failures", "request_failures", "Requests ended by a failure in their own step (others went on)."),
+    ("long_prefill_chunks", "long_prefill_chunks", "Chunks of long prompts filled while other requests decoded."),
 ]
 # Per-model gauges: (metric name, help, value from a `loaded` entry of the engine status).
 _MODEL_GAUGES: list[tuple[str, str, Callable[[dict[str, Any]], float]]] = [

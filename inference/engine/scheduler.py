@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import llama_cpp
 
@@ -40,6 +41,9 @@ __all__ = ["BatchScheduler", "QueueFull", "SchedulerDown"]
 
 logger = logging.getLogger(__name__)
 SLOW_SAMPLE_S = 1.0  # one token's sampling past this ends its request: every other slot waits on it
+# While other requests decode, a prompt longer than one chunk gets this share of the time, so the
+# decoding streams keep at least 1 - LONG_PREFILL_SHARE of their tokens/s while it fills.
+LONG_PREFILL_SHARE = 0.18
 
 
 class BatchScheduler:
@@ -81,6 +85,10 @@ class BatchScheduler:
         self._waiting_by_owner: dict[str, int] = {}
         self._stopping = False
         self.failed: BaseException | None = None
+        # One chunk of a prompt, at most: room for it beside the other slots' decode tokens in any step.
+        self.prefill_chunk = runner.n_batch - runner.n_parallel + 1
+        self._long_credit_s = 0.0
+        self._long_waiting = False
         self._thread = threading.Thread(target=self._run, name=f"llama-{runner.spec.model_id}", daemon=True)
         self._thread.start()
 
@@ -337,7 +345,6 @@ class BatchScheduler:
         if not active:
             return
         batch = self.runner.batch.batch
-        n_batch = self.runner.n_batch
         n = 0
         sample_at: list[tuple[Slot, int]] = []
         generating = [slot for slot in active if not slot.request.prompt_rest]
@@ -346,33 +353,13 @@ class BatchScheduler:
             slot.cached.append(slot.request.last)
             sample_at.append((slot, n))
             n += 1
-        # A long prompt takes a bounded share of each step while others are decoding.
-        step_budget = prefill_budget = n_batch - n if not generating else min(max(64, n_batch // 4), n_batch - n)
-        for slot in active:
-            request = slot.request
-            if not request.prompt_rest or prefill_budget <= 0:
-                continue
-            # A prompt that fits a step goes in whole, now or at the next step, never cut where
-            # this step's budget happens to run out: where a prompt is cut depends on what else
-            # arrived, and a cut changes llama.cpp's arithmetic enough to flip a greedy token
-            # (measured: 3 of 30 batched runs differed from the one-by-one text, 0 of 30 uncut).
-            if len(request.prompt_rest) > prefill_budget and prefill_budget < step_budget:
-                continue
-            chunk = request.prompt_rest[:prefill_budget]
-            request.prompt_rest = request.prompt_rest[len(chunk) :]
-            start = len(slot.cached)
-            for i, token in enumerate(chunk):
-                put_token(batch, n, token, start + i, slot.seq_id, False)
-                n += 1
-            slot.cached.extend(chunk)
-            prefill_budget -= len(chunk)
-            if not request.prompt_rest:
-                batch.logits[n - 1] = True
-                sample_at.append((slot, n - 1))
+        n, long_chunk = self._fill_prompts(active, batch, n, sample_at, generating=bool(generating))
         batch.n_tokens = n
+        started = time.perf_counter()
         rc = llama_cpp.llama_decode(self.runner.ctx.ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
+        self._share_time(time.perf_counter() - started, long_chunk=long_chunk, generating=bool(generating))
         self.stats["steps"] += 1
         self.stats["batched_tokens"] += n
         for slot, index in sample_at:
@@ -395,6 +382,64 @@ class BatchScheduler:
                 self.stats["request_failures"] += 1
                 if slot.request is not None:
                     self._finish(slot, "error", "error", error=f"generation failed: {exc}", code="engine_error")
+
+    def _fill_prompts(
+        self, active: list[Slot], batch: Any, n: int, sample_at: list[tuple[Slot, int]], *, generating: bool
+    ) -> tuple[int, bool]:
+        """Put prompt tokens after the step's `n` decode tokens; the new count, and whether a long chunk went in.
+
+        A prompt that fits one chunk goes in whole as soon as the step has room for it, so a newly
+        admitted request is prefilled in the next step, as llama.cpp's server does. A longer prompt
+        goes in chunks of `prefill_chunk` tokens, cut at the same places whatever else arrived (a cut
+        where a step's room happened to run out changes llama.cpp's arithmetic enough to flip a greedy
+        token: measured, 3 of 30 batched runs differed from the one-by-one text, 0 of 30 uncut). While
+        other requests decode, a long prompt's chunks get LONG_PREFILL_SHARE of the time (`_share_time`),
+        so the streams keep the rest of their speed while it fills.
+        """
+        room = self.runner.n_batch - n
+        long_ready = not generating or self._long_credit_s >= 0
+        long_chunk = False
+        # Short prompts first: their whole prompt is their time to first token.
+        for slot in sorted(active, key=lambda s: len(s.request.prompt_rest) > self.prefill_chunk):
+            rest = slot.request.prompt_rest
+            if not rest:
+                continue
+            is_long = len(rest) > self.prefill_chunk
+            chunk = rest[: self.prefill_chunk]
+            if len(chunk) > room or (is_long and (long_chunk or not long_ready)):
+                continue
+            long_chunk = long_chunk or is_long
+            slot.request.prompt_rest = rest[len(chunk) :]
+            start = len(slot.cached)
+            for i, token in enumerate(chunk):
+                put_token(batch, n, token, start + i, slot.seq_id, False)
+                n += 1
+            slot.cached.extend(chunk)
+            room -= len(chunk)
+            if not slot.request.prompt_rest:
+                batch.logits[n - 1] = True
+                sample_at.append((slot, n - 1))
+        # What is left of a long prompt once its last full chunk went in fits a chunk: it goes in whole.
+        self._long_waiting = any(len(s.request.prompt_rest) > self.prefill_chunk for s in active)
+        return n, long_chunk
+
+    def _share_time(self, seconds: float, *, long_chunk: bool, generating: bool) -> None:
+        """Account a decode call's time between the streams and a long prompt that waits to be filled.
+
+        A step that carried a long prompt's chunk while others were decoding costs the long prompt
+        (1 - share) / share times its duration; steps without one pay it back. A chunk goes in only
+        when the balance is not negative, so over the fill the streams keep 1 - share of the time.
+        Nothing accrues while no long prompt waits: a long prompt gets no burst of saved-up time.
+        """
+        if long_chunk and generating:
+            self._long_credit_s -= seconds * (1 - LONG_PREFILL_SHARE) / LONG_PREFILL_SHARE
+            self.stats["long_prefill_chunks"] += 1
+            self.stats["long_prefill_ms_total"] += seconds * 1000
+        elif self._long_waiting and generating:
+            self._long_credit_s = min(0.0, self._long_credit_s + seconds)
+            self.stats["decode_ms_while_long_waits"] += seconds * 1000
+        elif not self._long_waiting:
+            self._long_credit_s = 0.0
 
     def _on_token(self, slot: Slot, token: int, probs: dict | None = None) -> None:
         request = slot.request

@@ -52,12 +52,15 @@ def openai_client(live):
 
 @pytest.fixture
 def engine_for(small_model):
-    """build(n_parallel=, max_queue=, prompt_cache_mb=) -> (a LocalEngine of its own, the bundled model's spec)."""
+    """build(n_parallel=, max_queue=, prompt_cache_mb=, n_batch=) -> (its own LocalEngine, the bundled model's spec)."""
     engines = []
 
-    def build(*, n_parallel: int = 8, max_queue: int = 64, prompt_cache_mb: float = 0) -> tuple[LocalEngine, ModelSpec]:
+    def build(
+        *, n_parallel: int = 8, max_queue: int = 64, prompt_cache_mb: float = 0, n_batch: int | None = None
+    ) -> tuple[LocalEngine, ModelSpec]:
         spec = ModelSpec.from_model(small_model)
-        spec = replace(spec, llama_kwargs={**spec.llama_kwargs, "n_parallel": n_parallel, "n_ctx": 4096})
+        kwargs = {**spec.llama_kwargs, "n_parallel": n_parallel, "n_ctx": 4096}
+        spec = replace(spec, llama_kwargs={**kwargs, "n_batch": n_batch or kwargs["n_batch"]})
         pool = ModelPool(max_loaded=1, budget_mb=10_000, default_keep_alive_s=None, max_queue=max_queue,
                          queue_timeout_s=60, prompt_cache_mb=prompt_cache_mb)  # fmt: skip
         engines.append(pool)

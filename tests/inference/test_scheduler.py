@@ -1,6 +1,7 @@
 """The continuous-batching scheduler with the real model."""
 
 import asyncio
+import itertools
 import threading
 import time
 from dataclasses import replace
@@ -14,7 +15,7 @@ from inference.engine import Job, Outcome, Sampling, Token, get_engine
 from inference.engine.llama_runner import GreedyArgmax, LlamaRunner
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelPool
-from inference.engine.scheduler import QueueFull
+from inference.engine.scheduler import LONG_PREFILL_SHARE, QueueFull
 from inference.engine.spec import ModelSpec
 from tests.inference.conftest import NO_EOS_BIAS
 
@@ -239,3 +240,38 @@ async def test_requests_take_the_lowest_free_slots_and_a_free_slots_kv_is_copied
     assert worker.stats["slot_copies"] == copies + 1
     assert again[0] == results[in_slot_1][0]
     assert [bool(slot.cached) for slot in worker.slots] == [True, True, False, False]
+
+
+async def test_a_long_prompt_fills_in_fixed_chunks_and_leaves_the_streams_their_share(engine_for):
+    # n_batch 64 and 2 slots: chunks of 63 tokens. While the other request streams, each chunk after the first
+    # waited for the streams to have had (1 - share) / share times the previous chunk's time to themselves.
+    # (Its text is not compared with the prompt's alone: beside a decoding sequence, llama.cpp splits a step
+    # into ubatches of equal tokens per sequence, and a different split can flip a greedy near-tie.)
+    long_prompt = "Summarise this list: " + " ".join(f"item{i}" for i in range(150))
+    engine, spec = engine_for(n_parallel=2, n_batch=64)
+    stream = await engine.submit(spec, chat(spec, "Count to a thousand.", max_tokens=3000, logit_bias=NO_EOS))
+    events = stream.events()
+    assert isinstance(await anext(events), Token)
+    worker = engine.pool.get(spec.model_id).worker
+    calls = []
+    share_time = worker._share_time
+
+    def spy(seconds: float, *, long_chunk: bool, generating: bool) -> None:
+        calls.append((seconds, long_chunk, generating, worker._long_credit_s))
+        share_time(seconds, long_chunk=long_chunk, generating=generating)
+
+    worker._share_time = spy
+    text, outcome = await run(engine, spec, chat(spec, long_prompt, max_tokens=8))
+    stream.cancel()
+    assert [e async for e in events][-1].status == "cancelled"  # it streamed all along
+    assert outcome.status == "completed" and text and worker.prefill_chunk == 63
+    chunks = [i for i, (_, long_chunk, generating, _) in enumerate(calls) if long_chunk and generating]
+    # The chunks went in beside the stream (the shared chat-template prefix came from its slot; what was left
+    # after the last full chunk went in whole).
+    assert len(chunks) >= (outcome.prompt_tokens - 64) // 63 - 1 >= 4
+    assert all(calls[i][3] >= 0 for i in chunks)  # each went in with nothing owed
+    factor = (1 - LONG_PREFILL_SHARE) / LONG_PREFILL_SHARE
+    for before, after in itertools.pairwise(chunks):
+        decoded = sum(seconds for seconds, *_ in calls[before + 1 : after])
+        assert decoded >= factor * calls[before][0] * 0.999
+    assert worker.stats["long_prefill_chunks"] == len(chunks)

@@ -2,26 +2,31 @@
 
 llama-server is built on demand from the llama.cpp vendored in the llama-cpp-python sdist we run on
 (bench/build_llama_server.sh, into the git-ignored bench/.cache/), so both sides run the same ggml code.
-Both get the same model, threads, context per slot, batch size, flash-attention and KV cache types:
-our ModelConfig is set to n_ctx 4096, n_parallel --slots and n_threads = the cores, and llama-server
-gets `-c 4096 -np SLOTS --no-kv-unified` plus the config's batch, flash-attention and cache types.
-`--no-kv-unified` gives each slot its own KV stream of 4096 / SLOTS cells, which is the layout our
-runner uses (kv_unified = False); with a unified cache a lone request could grow past that share.
+Both get the same model, threads, slots, context per slot, batch size, flash-attention and KV cache
+types, and the GGUF's own chat template (llama-server runs with `--jinja`): our ModelConfig is set to
+n_ctx = slots x --ctx-per-slot, n_parallel --slots and n_threads = the cores; llama-server gets the
+same with `--no-kv-unified` (each slot its own KV stream, the layout our runner uses).
 
-For each concurrency level, CLIENTS threads pull from a queue of max(16, CLIENTS) requests (the 16
-fixed prompts in turn), each a streaming chat completion with greedy sampling and end-of-generation
-suppressed by logit_bias, so every request should produce exactly --tokens tokens; tokens are counted
-from the final usage chunk. The two servers never run at the same time; who goes first alternates per level
-and, for each level, per round. Per side and level: aggregate tokens/s (all completion tokens / wall time of the level),
-per-stream tokens/s (mean over requests of (tokens - 1) / time from first to last content chunk),
-time to first token p50/p95, errors and truncated requests (fewer than --tokens tokens), pooled over
-the rounds (3 by default: this machine's speed drifts by 5-10% within minutes), plus each round's own
-ratio. Every request opens its own connection (see run_level). Both servers keep their prompt caches:
-each level sends the same 16 prompts again, and a warm-up pass sends them all once first, so every level
-sees the same cache state.
+Workloads (--workload, several with commas; each starts its own pair of servers):
+- fresh (default): every request a prompt never sent before in the run (20-400 tokens, bench/workloads.py);
+  at each level CLIENTS threads pull max(16, CLIENTS) requests.
+- repeated: the earlier benchmark: the same 16 short prompts at every level, after a warm-up that sends
+  them all once; prompt caches answer most of each prompt, so it measures the cache more than serving.
+- karen: what KAREN sends: N concurrent conversations (--conversations), each with the same ~300-token
+  system prompt, growing for --turns turns (the previous answer appended, then the next user turn).
+- long: --streams streams decoding, then one ~3,000-token prompt arrives: its time to first token, and the
+  streams' tokens/s while it is prefilled against the 2 s before it arrived.
 
-Prints a table and writes bench/results/concurrency.json. Usage:
-    .venv/bin/python bench/concurrency.py [--clients 1,4,8,16] [--tokens 128] [--slots 8] [--rounds 3]
+Every request is a streaming chat completion, greedy, `stream_options.include_usage`; tokens are counted
+from the usage the server reports. End of generation is suppressed by logit_bias unless --allow-eos, so a
+request that ends early is `truncated`. Requests are paired across the two servers by what was sent, and
+the table says how many pairs differ in prompt tokens (the two rendered differently) or completion tokens.
+The servers never run at the same time; who goes first alternates per level and per round. Rounds (3 by
+default) are pooled and each round's own ratio is kept: this machine's speed drifts by 5-10% in minutes.
+RSS is the whole process tree's, after the warm-up (model loaded) and after the workload.
+
+Prints a table per workload and writes bench/results/concurrency.json. Usage:
+    .venv/bin/python bench/concurrency.py [--workload fresh,karen,long] [--clients 1,4,8,16] [--rounds 3]
 """
 
 import argparse
@@ -36,33 +41,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import workloads  # noqa: E402
 from bench.throughput import SAMPLING, THREADS, Server, free_port  # noqa: E402
 
-N_CTX = 4096
 EOG_TOKENS = [0, 1, 2]  # SmolLM2: <|endoftext|>, <|im_start|>, <|im_end|>
-PROMPTS = [
-    "Write a short story about a lighthouse keeper.",
-    "Explain how a bicycle works to a child.",
-    "List some things to pack for a weekend hike and say why.",
-    "Describe the water cycle in simple words.",
-    "Give me three ideas for a rainy afternoon.",
-    "What makes a good cup of tea?",
-    "Write a poem about the sea at night.",
-    "Explain what a computer program is.",
-    "Tell me about the planets in our solar system.",
-    "How do bees make honey?",
-    "Write a letter to a friend about a trip to the mountains.",
-    "Why is the sky blue?",
-    "Describe a busy market in the morning.",
-    "Give some tips for learning to cook.",
-    "What is the difference between weather and climate?",
-    "Write a short dialogue between a cat and a dog.",
-]
+CTX_PER_SLOT = {"fresh": 1024, "repeated": 1024, "karen": 2048, "long": 4096}
 BUILD_SCRIPT = ROOT / "bench" / "build_llama_server.sh"
 LLAMA_SERVER_LOG = ROOT / "bench" / ".cache" / "llama-server.log"  # kept after the run, for post-mortems
 
@@ -79,7 +68,7 @@ class LlamaServer:
             "-b", str(config["n_batch"]), "-ub", str(config["n_batch"]),
             "-fa", "on" if config["flash_attn"] else "off",
             "-ctk", config["cache_type_k"], "-ctv", config["cache_type_v"],
-            "--no-webui",
+            "--jinja", "--no-webui",
         ]  # fmt: skip
         if not config["use_mmap"]:
             self.flags.append("--no-mmap")
@@ -102,6 +91,9 @@ class LlamaServer:
         tail = log_path.read_text()[-3000:]
         raise RuntimeError(f"llama-server did not become healthy; its log ends with:\n{tail}")
 
+    def rss_mb(self) -> float:
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=20)
@@ -117,7 +109,7 @@ def build_llama_server() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def configure_ours(workdir: Path, slots: int) -> dict:
+def configure_ours(workdir: Path, slots: int, n_ctx: int) -> dict:
     """Prepare our throwaway instance and set the bundled model's config; returns the config it runs with."""
     env = {**os.environ, "VAR_DIR": str(workdir / "var"), "MODELS_DIR": str(workdir / "models"),
            "LOG_LEVEL": "WARNING"}  # fmt: skip
@@ -126,65 +118,144 @@ def configure_ours(workdir: Path, slots: int) -> dict:
     code = f"""
 import json
 from models_app.models import ModelConfig
-fields = {{f.name for f in ModelConfig._meta.get_fields()}}
 for config in ModelConfig.objects.all():
-    config.n_ctx, config.n_threads = {N_CTX}, {THREADS}
-    if "n_parallel" in fields:
-        config.n_parallel = {slots}
+    config.n_ctx, config.n_threads, config.n_parallel = {n_ctx}, {THREADS}, {slots}
     config.save()
 keys = ["n_ctx", "n_parallel", "n_threads", "n_batch", "flash_attn", "cache_type_k", "cache_type_v", "use_mmap",
         "use_mlock"]
-print(json.dumps({{k: getattr(config, k, None) for k in keys}}))
+print(json.dumps({{k: getattr(config, k) for k in keys}}))
 """
     out = subprocess.run([*manage, "shell", "-c", code], env=env, check=True, capture_output=True, text=True)
-    config = json.loads(out.stdout.strip().splitlines()[-1])
-    if config["n_parallel"] is None:
-        print("note: ModelConfig has no n_parallel field yet; our server runs with its own default slots")
-    return config
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def stream_chat(client: httpx.Client, url: str, headers: dict, model: str, prompt: str, tokens: int) -> dict:
-    """One streaming chat completion: tokens (from usage), time to first token, decode rate, or an error."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            **SAMPLING, "seed": 1, "stream": True, "stream_options": {"include_usage": True},
-            "logit_bias": {str(t): -100 for t in EOG_TOKENS}}  # fmt: skip
-    start = time.perf_counter()
-    first = last = usage = None
-    try:
-        with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
-            if response.status_code != 200:
-                return {"error": f"HTTP {response.status_code}: {response.read()[:200]!r}"}
-            for line in response.iter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk:
-                    return {"error": json.dumps(chunk["error"])[:200]}
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
-                    last = time.perf_counter()
-                    first = first or last
-    except httpx.HTTPError as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    if usage is None or first is None:
-        return {"error": "stream ended without usage or content"}
-    n = usage["completion_tokens"]
-    return {"tokens": n, "ttft_ms": (first - start) * 1000, "decode_tps": (n - 1) / (last - first) if n > 1 else 0.0}
+class Target:
+    """One server as the client sees it: where, how to authenticate, which model name, one flag for EOS."""
+
+    def __init__(self, url: str, headers: dict, model: str, allow_eos: bool) -> None:
+        self.url, self.headers, self.model, self.allow_eos = url, headers, model, allow_eos
+
+    def chat(self, client: httpx.Client, messages: list[dict], tokens: int, times: list | None = None) -> dict:
+        """One streaming chat completion: usage, time to first token, decode rate, the text; or an error.
+
+        `times`, when given, gets the arrival time of every content chunk (the long workload's windows).
+        """
+        body = {"model": self.model, "messages": messages, "max_tokens": tokens, **SAMPLING, "seed": 1,
+                "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+        if not self.allow_eos:
+            body["logit_bias"] = {str(t): -100 for t in EOG_TOKENS}
+        start = time.perf_counter()
+        first = last = usage = None
+        text = []
+        try:
+            with client.stream("POST", f"{self.url}/v1/chat/completions", json=body, headers=self.headers) as resp:
+                if resp.status_code != 200:
+                    return {"error": f"HTTP {resp.status_code}: {resp.read()[:200]!r}"}
+                for line in resp.iter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        return {"error": json.dumps(chunk["error"])[:200]}
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    if chunk.get("choices") and (piece := chunk["choices"][0].get("delta", {}).get("content")):
+                        last = time.perf_counter()
+                        first = first or last
+                        text.append(piece)
+                        if times is not None:
+                            times.append(last)
+        except httpx.HTTPError as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        if usage is None or first is None:
+            return {"error": "stream ended without usage or content"}
+        n = usage["completion_tokens"]
+        return {"tokens": n, "prompt_tokens": usage["prompt_tokens"], "ttft_ms": (first - start) * 1000,
+                "decode_tps": (n - 1) / (last - first) if n > 1 and last > first else 0.0,
+                "text": "".join(text)}  # fmt: skip
 
 
-def run_level(url: str, headers: dict, model: str, clients: int, tokens: int) -> dict:
-    """max(16, clients) requests through `clients` concurrent streams; raw results and the wall time."""
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(max(len(PROMPTS), clients))]
+def client_pool(clients: int) -> httpx.Client:
     # A fresh connection per request on both sides: llama-server (cpp-httplib) sometimes drops a kept-alive
     # connection just as the next request goes out on it ("Server disconnected without sending a response"),
     # often when the machine is busy, which would count as errors that no real client would see.
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=0)
-    with httpx.Client(timeout=600, limits=limits) as client, ThreadPoolExecutor(clients) as pool:
+    return httpx.Client(timeout=900, limits=httpx.Limits(max_connections=clients, max_keepalive_connections=0))
+
+
+def run_requests(target: Target, requests: list[tuple[str, str]], clients: int, tokens: int) -> dict:
+    """(key, prompt) requests through `clients` concurrent streams; each result keyed, and the wall time."""
+
+    def one(request: tuple[str, str]) -> dict:
+        key, prompt = request
+        return {"key": key, **target.chat(client, [{"role": "user", "content": prompt}], tokens)}
+
+    with client_pool(clients) as client, ThreadPoolExecutor(clients) as pool:
         start = time.perf_counter()
-        runs = list(pool.map(lambda p: stream_chat(client, url, headers, model, p, tokens), prompts))
+        runs = list(pool.map(one, requests))
         wall = time.perf_counter() - start
     return {"runs": runs, "wall_s": wall}
+
+
+def run_conversations(target: Target, keys: list[str], turns: int, tokens: int) -> dict:
+    """KAREN's traffic: one thread per conversation, each turn sent after the previous answer arrived."""
+
+    def conversation(key: str) -> list[dict]:
+        messages = [{"role": "system", "content": workloads.KAREN_SYSTEM}]
+        results = []
+        for turn in range(turns):
+            messages.append({"role": "user", "content": workloads.karen_user_turn((key,), turn)})
+            result = {"key": f"{key}/{turn}", **target.chat(client, messages, tokens)}
+            results.append(result)
+            if "error" in result:
+                break
+            messages.append({"role": "assistant", "content": result["text"]})
+        return results
+
+    with client_pool(len(keys)) as client, ThreadPoolExecutor(len(keys)) as pool:
+        start = time.perf_counter()
+        runs = [r for results in pool.map(conversation, keys) for r in results]
+        wall = time.perf_counter() - start
+    return {"runs": runs, "wall_s": wall}
+
+
+def run_long(target: Target, key: str, streams: int, tokens: int, long_tokens: int) -> dict:
+    """`streams` streams decoding, then one long prompt: its TTFT and the streams' rate before and during it."""
+    times: list[list[float]] = [[] for _ in range(streams)]
+    stream_tokens = max(tokens, 512)  # long enough to outlast the long prompt's prefill
+    with client_pool(streams + 1) as client, ThreadPoolExecutor(streams) as pool:
+        futures = [
+            pool.submit(
+                target.chat,
+                client,
+                [{"role": "user", "content": workloads.fresh_prompt(key, "stream", i, low=20, high=60)}],
+                stream_tokens,
+                times[i],
+            )
+            for i in range(streams)
+        ]
+        deadline = time.perf_counter() + 300
+        while min(len(t) for t in times) < 16 and time.perf_counter() < deadline:
+            if any(f.done() for f in futures):
+                break
+            time.sleep(0.05)
+        time.sleep(2.0)  # the baseline window: every stream decoding
+        arrived = time.perf_counter()
+        long = target.chat(client, [{"role": "user", "content": workloads.long_prompt(key, tokens=long_tokens)}], 16)
+        stream_runs = [f.result() for f in futures]
+    runs = [{"key": f"{key}/long", **long}] + [{"key": f"{key}/stream{i}", **r} for i, r in enumerate(stream_runs)]
+    if "error" in long:
+        return {"runs": runs, "wall_s": 0.0}
+    first = arrived + long["ttft_ms"] / 1000
+
+    def rate(lo: float, hi: float) -> float:
+        return sum(lo <= t < hi for ts in times for t in ts) / (hi - lo)
+
+    before = rate(arrived - 2.0, arrived)
+    during = rate(arrived, first)
+    still = sum(1 for ts in times if ts and ts[-1] >= first)  # streams that outlasted the prefill
+    return {"runs": runs, "wall_s": 0.0, "long_ttft_ms": long["ttft_ms"],
+            "long_prompt_tokens": long.get("prompt_tokens"), "streams_tps_before": before, "streams_tps_during": during,
+            "streams_kept": during / before if before else None, "streams_outlasting": still}  # fmt: skip
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -197,126 +268,216 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
-def summarize(levels: list[dict], tokens: int) -> dict:
-    """Pool the rounds of one side at one concurrency level into the reported metrics."""
+def rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def summarize(levels: list[dict], tokens: int, allow_eos: bool) -> dict:
+    """Pool the rounds of one side at one level into the reported metrics."""
     runs = [r for level in levels for r in level["runs"]]
     ok = [r for r in runs if "error" not in r]
     total = sum(r["tokens"] for r in ok)
     wall = sum(level["wall_s"] for level in levels)
     ttft = [r["ttft_ms"] for r in ok]
-
-    def rounded(value: float | None) -> float | None:
-        return None if value is None else round(value, 1)
-
     return {
         "requests": len(runs),
         "completion_tokens": total,
+        "prompt_tokens_mean": rounded(statistics.mean(r["prompt_tokens"] for r in ok) if ok else None),
         "wall_s": round(wall, 2),
-        "aggregate_tps": round(total / wall, 1),
+        "aggregate_tps": round(total / wall, 1) if wall else None,
         "per_stream_tps": rounded(statistics.mean(r["decode_tps"] for r in ok) if ok else None),
         "ttft_ms_p50": rounded(percentile(ttft, 0.5)),
         "ttft_ms_p95": rounded(percentile(ttft, 0.95)),
         "errors": len(runs) - len(ok),
-        "truncated": sum(r["tokens"] < tokens for r in ok),
+        "truncated": 0 if allow_eos else sum(r["tokens"] < tokens for r in ok),
         "error_samples": sorted({r["error"] for r in runs if "error" in r})[:3],
+    }
+
+
+def count_differences(ours: list[dict], theirs: list[dict]) -> dict:
+    """Pairs of requests (same key) whose prompt or completion token counts differ between the servers."""
+    mine = {r["key"]: r for level in ours for r in level["runs"] if "error" not in r}
+    other = {r["key"]: r for level in theirs for r in level["runs"] if "error" not in r}
+    pairs = [(mine[k], other[k]) for k in mine.keys() & other.keys()]
+    return {
+        "pairs": len(pairs),
+        "prompt_tokens_differ": sum(a["prompt_tokens"] != b["prompt_tokens"] for a, b in pairs),
+        "completion_tokens_differ": sum(a["tokens"] != b["tokens"] for a, b in pairs),
     }
 
 
 def level_tps(level: dict) -> float:
     """Aggregate tokens/s of one side in one round of one level."""
-    return sum(r.get("tokens", 0) for r in level["runs"]) / level["wall_s"]
+    return sum(r.get("tokens", 0) for r in level["runs"]) / level["wall_s"] if level["wall_s"] else 0.0
 
 
-def print_table(rows: list[dict]) -> None:
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def run_workload(name: str, args: argparse.Namespace, binary: str, model_path: str) -> dict:
+    """Start both servers for one workload, run every level and round on each in turn, and summarize."""
+    ctx_per_slot = args.ctx_per_slot or CTX_PER_SLOT[name]
+    levels = [int(c) for c in (args.conversations if name == "karen" else args.clients).split(",")]
+    if name == "long":
+        levels = [args.streams]
+    raw: dict[tuple[int, str], list[dict]] = {(c, side): [] for c in levels for side in ("ours", "theirs")}
+    rss: dict[str, dict[str, float]] = {"ours": {}, "theirs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        # Server() runs `serve --no-serve` again, which keeps this config: a scan only creates configs for new files.
+        config = configure_ours(workdir, args.slots, args.slots * ctx_per_slot)
+        ours = theirs = None
+        try:
+            ours = Server(workdir)
+            theirs = LlamaServer(binary, model_path, config, args.slots, LLAMA_SERVER_LOG)
+            servers = {"ours": ours, "theirs": theirs}
+            targets = {
+                "ours": Target(ours.url, ours.headers, ours.model, args.allow_eos),
+                "theirs": Target(theirs.url, {}, Path(model_path).name, args.allow_eos),
+            }
+            for side, target in targets.items():  # load our model; let both touch every page once
+                warm = [(f"warm{i}", workloads.fresh_prompt(name, "warm", i)) for i in range(2)]
+                if name == "repeated":  # the cache state every level starts from
+                    warm = [(f"warm{i}", workloads.repeated_prompt(i)) for i in range(len(workloads.QUESTIONS))]
+                done = run_requests(target, warm, 1, 8)
+                if errors := [r["error"] for r in done["runs"] if "error" in r]:
+                    raise RuntimeError(f"{side} fails on warm-up: {errors[0]} (llama-server log: {LLAMA_SERVER_LOG})")
+                rss[side]["loaded_mb"] = round(servers[side].rss_mb(), 1)
+            for round_index in range(args.rounds):
+                for level_index, clients in enumerate(levels):
+                    first_theirs = (round_index + level_index) % 2 == 0
+                    for side in ("theirs", "ours") if first_theirs else ("ours", "theirs"):
+                        print(f"{name}, {clients}: {side} ...", flush=True)
+                        key = f"{name}/r{round_index}/c{clients}"
+                        raw[clients, side].append(run_one(name, targets[side], key, clients, args))
+            for side, server in servers.items():
+                rss[side]["after_mb"] = round(server.rss_mb(), 1)
+        finally:
+            for server in (theirs, ours):
+                if server is not None:
+                    server.stop()
+    rows = []
+    for clients in levels:
+        row = {"level": clients}
+        for side in ("ours", "theirs"):
+            row[side] = summarize(raw[clients, side], args.tokens if name != "long" else 16, args.allow_eos)
+            if name == "long":
+                row[side].update(long_summary(raw[clients, side]))
+        row["ratio_aggregate_tps"] = ratio(row["ours"]["aggregate_tps"], row["theirs"]["aggregate_tps"])
+        row["ratio_ttft_p50"] = ratio(row["theirs"]["ttft_ms_p50"], row["ours"]["ttft_ms_p50"])  # > 1: we are faster
+        row["ratio_by_round"] = [
+            ratio(level_tps(a), level_tps(b)) for a, b in zip(raw[clients, "ours"], raw[clients, "theirs"], strict=True)
+        ]
+        row["counts"] = count_differences(raw[clients, "ours"], raw[clients, "theirs"])
+        rows.append(row)
+    flags = " ".join(theirs.flags) if theirs else ""
+    extra_mb = rounded(rss["ours"].get("loaded_mb", 0) - rss["theirs"].get("loaded_mb", 0))
+    return {"workload": name, "ctx_per_slot": ctx_per_slot, "ours_config": config, "llama_server_flags": flags,
+            "rss": rss, "rss_difference_mb": extra_mb, "levels": rows}  # fmt: skip
+
+
+def run_one(name: str, target: Target, key: str, clients: int, args: argparse.Namespace) -> dict:
+    if name == "karen":
+        return run_conversations(target, [f"{key}/conv{i}" for i in range(clients)], args.turns, args.tokens)
+    if name == "long":
+        return run_long(target, key, clients, args.tokens, args.long_tokens)
+    count = max(16, clients)
+    if name == "repeated":
+        requests = [(f"{key}/{i}", workloads.repeated_prompt(i)) for i in range(count)]
+    else:
+        requests = [(f"{key}/{i}", workloads.fresh_prompt(key, i)) for i in range(count)]
+    return run_requests(target, requests, clients, args.tokens)
+
+
+def long_summary(levels: list[dict]) -> dict:
+    """The long workload's own figures, the median over rounds."""
+    done = [level for level in levels if "long_ttft_ms" in level]
+    if not done:
+        return {}
+
+    def median(key: str) -> float | None:
+        values = [level[key] for level in done if level.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    return {"long_ttft_ms": rounded(median("long_ttft_ms")), "long_prompt_tokens": median("long_prompt_tokens"),
+            "streams_tps_before": rounded(median("streams_tps_before")),
+            "streams_tps_during": rounded(median("streams_tps_during")),
+            "streams_kept": rounded(median("streams_kept"), 3),
+            "streams_outlasting": min(level["streams_outlasting"] for level in done)}  # fmt: skip
+
+
+def print_table(result: dict) -> None:
+    name = result["workload"]
+    print(f"\n{name} (context {result['ctx_per_slot']} per slot); RSS loaded ours / theirs: "
+          f"{result['rss']['ours'].get('loaded_mb')} / {result['rss']['theirs'].get('loaded_mb')} MB")  # fmt: skip
     columns = [("agg tok/s", "aggregate_tps"), ("stream tok/s", "per_stream_tps"), ("TTFT p50 ms", "ttft_ms_p50"),
                ("TTFT p95 ms", "ttft_ms_p95"), ("errors", "errors"), ("truncated", "truncated")]  # fmt: skip
-    print(f"{'clients':>7}  {'ratio':>6}" + "".join(f"  {title:>17}" for title, _ in columns))
-    print(f"{'':>7}  {'agg':>6}" + "".join(f"  {'ours / theirs':>17}" for _ in columns))
-    for row in rows:
-        cells = [f"{row['ours'][key]} / {row['theirs'][key]}".replace("None", "-") for _, key in columns]
-        print(f"{row['clients']:>7}  {row['ratio_aggregate_tps']!s:>6}" + "".join(f"  {c:>17}" for c in cells))
+    if name == "long":
+        columns = [("long TTFT ms", "long_ttft_ms"), ("streams before", "streams_tps_before"),
+                   ("streams during", "streams_tps_during"), ("kept", "streams_kept"),
+                   ("errors", "errors")]  # fmt: skip
+    level = "convs" if name == "karen" else "streams" if name == "long" else "clients"
+    print(f"{level:>7}  {'ratio':>6}  {'ttft':>6}" + "".join(f"  {t:>17}" for t, _ in columns) + "  counts differ")
+    print(f"{'':>7}  {'agg':>6}  {'x':>6}" + "".join(f"  {'ours / theirs':>17}" for _ in columns) + "  prompt/compl")
+    for row in result["levels"]:
+        cells = [f"{row['ours'].get(key)} / {row['theirs'].get(key)}".replace("None", "-") for _, key in columns]
+        differ = row["counts"]
+        counts = f"{differ['prompt_tokens_differ']}/{differ['completion_tokens_differ']} of {differ['pairs']}"
+        ratios = f"{row['ratio_aggregate_tps']!s:>6}  {row['ratio_ttft_p50']!s:>6}"
+        print(f"{row['level']:>7}  {ratios}" + "".join(f"  {c:>17}" for c in cells) + f"  {counts}")
+    if any(len(row["ratio_by_round"]) > 1 for row in result["levels"]) and name != "long":
+        by_round = (f"{r['level']}: {', '.join(map(str, r['ratio_by_round']))}" for r in result["levels"])
+        print("aggregate ratio by round: " + "; ".join(by_round))
+    for row in result["levels"]:
+        for side in ("ours", "theirs"):
+            for sample in row[side]["error_samples"]:
+                print(f"{row['level']}, {side} error: {sample}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", default="1,4,8,16", help="comma-separated concurrency levels")
+    parser.add_argument("--workload", default="fresh", help="fresh, repeated, karen, long; several with commas")
+    parser.add_argument("--clients", default="1,4,8,16", help="concurrency levels of fresh and repeated")
+    parser.add_argument("--conversations", default="4,8", help="concurrent conversations of karen")
+    parser.add_argument("--turns", type=int, default=6, help="turns of each karen conversation")
+    parser.add_argument("--streams", type=int, default=7, help="streams decoding while the long prompt arrives")
+    parser.add_argument("--long-tokens", type=int, default=3000, help="length of the long prompt, about")
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens of every request")
     parser.add_argument("--slots", type=int, default=8, help="parallel slots on both servers")
+    parser.add_argument("--ctx-per-slot", type=int, help="context per slot (default per workload: "
+                        + ", ".join(f"{k} {v}" for k, v in CTX_PER_SLOT.items()) + ")")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="repeat every level this many times, interleaved")
+    parser.add_argument("--allow-eos", action="store_true", help="let requests end at end of generation")
     parser.add_argument("--llama-server", help="use this llama-server binary instead of building one")
     args = parser.parse_args()
-    levels = [int(c) for c in args.clients.split(",")]
+    names = args.workload.split(",")
+    if unknown := set(names) - set(CTX_PER_SLOT):
+        parser.error(f"--workload: unknown {', '.join(sorted(unknown))}; choose from {', '.join(CTX_PER_SLOT)}")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "karen_host.settings")
     from models_app.bundled import bundled_model_path
 
     model_path = str(bundled_model_path())
     binary = args.llama_server or build_llama_server()
     load_before = round(os.getloadavg()[0], 2)
-    raw: dict[tuple[int, str], list[dict]] = {(c, side): [] for c in levels for side in ("ours", "theirs")}
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        # Server() runs `serve --no-serve` again, which keeps this config: a scan only creates configs for new files.
-        config = configure_ours(workdir, args.slots)
-        ours = theirs = None
-        try:
-            ours = Server(workdir)
-            theirs = LlamaServer(binary, model_path, config, args.slots, LLAMA_SERVER_LOG)
-            targets = {
-                "ours": (ours.url, ours.headers, ours.model),
-                "theirs": (theirs.url, {}, Path(model_path).name),
-            }
-            for side, target in targets.items():  # load our model; let both touch every page once
-                warm = run_level(*target, clients=1, tokens=8)
-                if errors := [r["error"] for r in warm["runs"] if "error" in r]:
-                    raise RuntimeError(f"{side} fails on warm-up: {errors[0]} (llama-server log: {LLAMA_SERVER_LOG})")
-            for round_index in range(args.rounds):
-                for level_index, clients in enumerate(levels):
-                    # Who goes first alternates between levels and, for each level, between rounds.
-                    first_theirs = (round_index + level_index) % 2 == 0
-                    order = ("theirs", "ours") if first_theirs else ("ours", "theirs")
-                    for side in order:
-                        print(f"clients {clients}: {side} ...", flush=True)
-                        raw[clients, side].append(run_level(*targets[side], clients=clients, tokens=args.tokens))
-        finally:
-            for server in (theirs, ours):
-                if server is not None:
-                    server.stop()
-
-    rows = []
-    for clients in levels:
-        row = {"clients": clients, **{side: summarize(raw[clients, side], args.tokens) for side in ("ours", "theirs")}}
-        theirs_tps = row["theirs"]["aggregate_tps"]
-        row["ratio_aggregate_tps"] = round(row["ours"]["aggregate_tps"] / theirs_tps, 3) if theirs_tps else None
-        # Each round's own ratio shows how much of the pooled one is the machine's noise.
-        row["ratio_by_round"] = [
-            round(level_tps(ours) / level_tps(theirs), 3) if level_tps(theirs) else None
-            for ours, theirs in zip(raw[clients, "ours"], raw[clients, "theirs"], strict=True)
-        ]
-        rows.append(row)
+    results = []
+    for name in names:
+        results.append(run_workload(name, args, binary, model_path))
+        print_table(results[-1])
     result = {
         "model": Path(model_path).name,
         "threads": THREADS,
         "max_tokens": args.tokens,
         "slots": args.slots,
         "rounds": args.rounds,
-        "prompts": len(PROMPTS),
-        "sampling": {**SAMPLING, "seed": 1, "logit_bias": {str(t): -100 for t in EOG_TOKENS}},
-        "ours_config": config,
-        "llama_server": {"binary": os.path.relpath(binary, ROOT), "flags": " ".join(theirs.flags)},
+        "sampling": {**SAMPLING, "seed": 1, "end_of_generation": "allowed" if args.allow_eos else "suppressed"},
+        "llama_server_binary": os.path.relpath(binary, ROOT),
         "load_average_before_after": [load_before, round(os.getloadavg()[0], 2)],  # other work skews the numbers
-        "levels": rows,
+        "workloads": results,
     }
     out = ROOT / "bench" / "results" / "concurrency.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print_table(rows)
-    if args.rounds > 1:
-        by_round = (f"{r['clients']}: {', '.join(map(str, r['ratio_by_round']))}" for r in rows)
-        print("ratio by round (clients: ours / theirs per round): " + "; ".join(by_round))
-    for row in rows:
-        for side in ("ours", "theirs"):
-            for sample in row[side]["error_samples"]:
-                print(f"clients {row['clients']}, {side} error: {sample}")
     print(f"wrote {out.relative_to(ROOT)}")
 
 

@@ -1,5 +1,6 @@
 import io
 import re
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -31,3 +32,47 @@ def test_scan_models_command_summarises(models_dir, bundled_gguf):
     out = io.StringIO()
     call_command("scan_models", str(models_dir), stdout=out)
     assert "1 added" in out.getvalue()
+
+
+def test_serve_web_only_becomes_daphne_with_the_models_dir_it_was_given(tmp_path):
+    # A real `manage.py serve --web-only` on its own database: once prepared it execs daphne in its place
+    # (same pid, so signals and supervisors still reach the server), which serves the models dir it was given.
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from django.conf import settings
+
+    from tests.conftest import _free_port
+
+    port = _free_port()
+    env = {**os.environ, "VAR_DIR": str(tmp_path / "var"), "LOG_LEVEL": "WARNING"}
+    env.pop("DATABASE_URL", None)
+    manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
+    models = tmp_path / "elsewhere"
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen([*manage, "serve", "--web-only", "--port", str(port), "--models-dir", str(models)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
+        cmdline = (Path(f"/proc/{server.pid}/cmdline").read_bytes()).split(b"\0")
+        assert cmdline[1:3] == [b"-m", b"daphne"]
+        out = subprocess.run([*manage, "create_token", "t", "--scopes", "models:read"], env=env, capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        secret = re.search(r"khk_\S+", out.stdout).group(0)
+        listed = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {secret}"})
+        assert listed.status_code == 200 and listed.json()["data"], listed.text
+        assert (models / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()  # the bundled model was linked there
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0
+        log.close()

@@ -70,16 +70,15 @@ class Command(BaseCommand):
         if not options["web_only"]:
             self._run_with_worker_and_beat(options)
             return
-        from daphne.cli import CommandLineInterface
-
         self.stdout.write(f"Serving on {_scheme()}://{options['host']}:{options['port']}/ (Ctrl-C stops)")
-        CommandLineInterface().run(
-            [
-                *daphne_endpoint(options["host"], options["port"]),
-                "--verbosity", "1" if options["log_level"].upper() in ("DEBUG", "INFO") else "0",
-                "karen_host.asgi:application",
-            ]
-        )  # fmt: skip
+        self.stdout.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # daphne replaces this process (same pid, same signals), so the server does not carry what
+        # preparing took: migrations, the scan's GGUF reader, the first-run work (about 15 MB).
+        os.environ.update(MODELS_DIR=str(settings.MODELS_DIR), LOG_LEVEL=options["log_level"].upper())
+        os.execv(sys.executable, [sys.executable, "-m", "daphne", *_daphne_args(options["host"], options["port"],
+                                                                               options["log_level"])])  # fmt: skip
 
     def _queue_startup_work(self) -> None:
         # The scan above ran before the worker existed; this one also catches files added
@@ -105,8 +104,7 @@ class Command(BaseCommand):
             env["SERVER_URL"] = f"{_scheme()}://{address}:{port}"
         python = sys.executable
         commands = {
-            "web": [python, "-m", "daphne", *daphne_endpoint(host, port),
-                    "--verbosity", "1" if level in ("DEBUG", "INFO") else "0", "karen_host.asgi:application"],
+            "web": [python, "-m", "daphne", *_daphne_args(host, port, level)],
             "worker": [python, "-m", "celery", "-A", "karen_host", "worker", "--loglevel", level],
             "beat": [python, "-m", "celery", "-A", "karen_host", "beat", "--loglevel", level],
         }  # fmt: skip
@@ -123,6 +121,11 @@ class Command(BaseCommand):
         manager.loop()
         if manager.returncode:
             sys.exit(manager.returncode)
+
+
+def _daphne_args(host: str, port: int, level: str) -> list[str]:
+    verbosity = "1" if level.upper() in ("DEBUG", "INFO") else "0"
+    return [*daphne_endpoint(host, port), "--verbosity", verbosity, "karen_host.asgi:application"]
 
 
 def _scheme() -> str:

@@ -44,6 +44,7 @@ SLOW_SAMPLE_S = 1.0  # one token's sampling past this ends its request: every ot
 # While other requests decode, a prompt longer than one chunk gets this share of the time, so the
 # decoding streams keep at least 1 - LONG_PREFILL_SHARE of their tokens/s while it fills.
 LONG_PREFILL_SHARE = 0.18
+_PAYBACK = (1 - LONG_PREFILL_SHARE) / LONG_PREFILL_SHARE  # decode time owed to the streams per second of chunk
 
 
 class BatchScheduler:
@@ -89,6 +90,7 @@ class BatchScheduler:
         self.prefill_chunk = runner.n_batch - runner.n_parallel + 1
         self._long_credit_s = 0.0
         self._long_waiting = False
+        self._prefill_s_per_token: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"llama-{runner.spec.model_id}", daemon=True)
         self._thread.start()
 
@@ -325,9 +327,20 @@ class BatchScheduler:
         admitted_at = time.perf_counter()
         self.stats["queue_admitted"] += 1
         self.stats["queue_wait_ms_total"] += (admitted_at - item.queued_at) * 1000
+        long_prompt = len(item.tokens) - keep > self.prefill_chunk
+        if (
+            long_prompt
+            and self._prefill_s_per_token is not None
+            and any(s.request and not s.request.prompt_rest for s in self.slots)
+        ):
+            # Streams are decoding: they get their share before the first chunk too, estimated from the
+            # prompts filled so far, so the whole wait for this prompt's first token keeps their share.
+            first_chunk_s = self._prefill_s_per_token * self.prefill_chunk
+            self._long_credit_s = min(self._long_credit_s, -first_chunk_s * _PAYBACK)
         slot.request = SlotRequest(
             item=item,
             sampler=item.sampler,
+            long_prompt=long_prompt,
             prompt_rest=item.tokens[keep:],
             max_tokens=min(item.job.sampling.max_tokens, self.runner.n_ctx_slot - len(item.tokens)),
             admitted_at=admitted_at,
@@ -359,7 +372,8 @@ class BatchScheduler:
         rc = llama_cpp.llama_decode(self.runner.ctx.ctx, batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
-        self._share_time(time.perf_counter() - started, long_chunk=long_chunk, generating=bool(generating))
+        self._share_time(time.perf_counter() - started, long_chunk=long_chunk, generating=bool(generating),
+                         prompt_tokens=n - len(generating))  # fmt: skip
         self.stats["steps"] += 1
         self.stats["batched_tokens"] += n
         for slot, index in sample_at:
@@ -400,11 +414,11 @@ class BatchScheduler:
         long_ready = not generating or self._long_credit_s >= 0
         long_chunk = False
         # Short prompts first: their whole prompt is their time to first token.
-        for slot in sorted(active, key=lambda s: len(s.request.prompt_rest) > self.prefill_chunk):
+        for slot in sorted(active, key=lambda s: s.request.long_prompt):
             rest = slot.request.prompt_rest
             if not rest:
                 continue
-            is_long = len(rest) > self.prefill_chunk
+            is_long = slot.request.long_prompt  # its last chunk too: the streams pay for all of it
             chunk = rest[: self.prefill_chunk]
             if len(chunk) > room or (is_long and (long_chunk or not long_ready)):
                 continue
@@ -419,20 +433,24 @@ class BatchScheduler:
             if not slot.request.prompt_rest:
                 batch.logits[n - 1] = True
                 sample_at.append((slot, n - 1))
-        # What is left of a long prompt once its last full chunk went in fits a chunk: it goes in whole.
-        self._long_waiting = any(len(s.request.prompt_rest) > self.prefill_chunk for s in active)
+        self._long_waiting = any(s.request.long_prompt and s.request.prompt_rest for s in active)
         return n, long_chunk
 
-    def _share_time(self, seconds: float, *, long_chunk: bool, generating: bool) -> None:
+    def _share_time(self, seconds: float, *, long_chunk: bool, generating: bool, prompt_tokens: int = 0) -> None:
         """Account a decode call's time between the streams and a long prompt that waits to be filled.
 
         A step that carried a long prompt's chunk while others were decoding costs the long prompt
         (1 - share) / share times its duration; steps without one pay it back. A chunk goes in only
         when the balance is not negative, so over the fill the streams keep 1 - share of the time.
         Nothing accrues while no long prompt waits: a long prompt gets no burst of saved-up time.
+        Steps with a prompt of some size keep the estimate of a prompt token's cost (`_seat` uses it).
         """
+        if prompt_tokens >= 32:
+            per_token = seconds / prompt_tokens
+            previous = self._prefill_s_per_token
+            self._prefill_s_per_token = per_token if previous is None else 0.7 * previous + 0.3 * per_token
         if long_chunk and generating:
-            self._long_credit_s -= seconds * (1 - LONG_PREFILL_SHARE) / LONG_PREFILL_SHARE
+            self._long_credit_s -= seconds * _PAYBACK
             self.stats["long_prefill_chunks"] += 1
             self.stats["long_prefill_ms_total"] += seconds * 1000
         elif self._long_waiting and generating:

@@ -249,16 +249,19 @@ async def test_a_long_prompt_fills_in_fixed_chunks_and_leaves_the_streams_their_
     # into ubatches of equal tokens per sequence, and a different split can flip a greedy near-tie.)
     long_prompt = "Summarise this list: " + " ".join(f"item{i}" for i in range(150))
     engine, spec = engine_for(n_parallel=2, n_batch=64)
-    stream = await engine.submit(spec, chat(spec, "Count to a thousand.", max_tokens=3000, logit_bias=NO_EOS))
+    counting = "Count to a thousand, one number on each line, and do not stop before you reach one thousand."
+    stream = await engine.submit(spec, chat(spec, counting, max_tokens=3000, logit_bias=NO_EOS))
     events = stream.events()
     assert isinstance(await anext(events), Token)
     worker = engine.pool.get(spec.model_id).worker
+    estimate = worker._prefill_s_per_token  # from the stream's own prompt (over 32 tokens)
+    assert estimate is not None
     calls = []
     share_time = worker._share_time
 
-    def spy(seconds: float, *, long_chunk: bool, generating: bool) -> None:
+    def spy(seconds: float, *, long_chunk: bool, generating: bool, prompt_tokens: int) -> None:
         calls.append((seconds, long_chunk, generating, worker._long_credit_s))
-        share_time(seconds, long_chunk=long_chunk, generating=generating)
+        share_time(seconds, long_chunk=long_chunk, generating=generating, prompt_tokens=prompt_tokens)
 
     worker._share_time = spy
     text, outcome = await run(engine, spec, chat(spec, long_prompt, max_tokens=8))
@@ -266,11 +269,13 @@ async def test_a_long_prompt_fills_in_fixed_chunks_and_leaves_the_streams_their_
     assert [e async for e in events][-1].status == "cancelled"  # it streamed all along
     assert outcome.status == "completed" and text and worker.prefill_chunk == 63
     chunks = [i for i, (_, long_chunk, generating, _) in enumerate(calls) if long_chunk and generating]
-    # The chunks went in beside the stream (the shared chat-template prefix came from its slot; what was left
-    # after the last full chunk went in whole).
-    assert len(chunks) >= (outcome.prompt_tokens - 64) // 63 - 1 >= 4
+    # Every chunk went in beside the stream (the shared chat-template prefix came from its slot).
+    assert len(chunks) >= (outcome.prompt_tokens - 64) // 63 >= 4
     assert all(calls[i][3] >= 0 for i in chunks)  # each went in with nothing owed
     factor = (1 - LONG_PREFILL_SHARE) / LONG_PREFILL_SHARE
+    # Before the first chunk the stream had its share of the first chunk's estimated time, too.
+    owed = [seconds for seconds, _, _, credit in calls[: chunks[0]] if credit < 0]
+    assert sum(owed) >= factor * estimate * 63 * 0.999
     for before, after in itertools.pairwise(chunks):
         decoded = sum(seconds for seconds, *_ in calls[before + 1 : after])
         assert decoded >= factor * calls[before][0] * 0.999

@@ -15,7 +15,8 @@ Workloads (--workload, several with commas; each starts its own pair of servers)
 - karen: what KAREN sends: N concurrent conversations (--conversations), each with the same ~300-token
   system prompt, growing for --turns turns (the previous answer appended, then the next user turn).
 - long: --streams streams decoding, then one ~3,000-token prompt arrives: its time to first token, and the
-  streams' tokens/s while it is prefilled against the 2 s before it arrived.
+  streams' tokens/s while it is prefilled against their rate without it (the mean of the 2 s before it
+  arrived and the 2 s after its first token: attention slows them as their contexts grow meanwhile).
 
 Every request is a streaming chat completion, greedy, `stream_options.include_usage`; tokens are counted
 from the usage the server reports. End of generation is suppressed by logit_bias unless --allow-eos, so a
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -135,10 +137,14 @@ class Target:
     def __init__(self, url: str, headers: dict, model: str, allow_eos: bool) -> None:
         self.url, self.headers, self.model, self.allow_eos = url, headers, model, allow_eos
 
-    def chat(self, client: httpx.Client, messages: list[dict], tokens: int, times: list | None = None) -> dict:
+    def chat(
+        self, client: httpx.Client, messages: list[dict], tokens: int, times: list | None = None,
+        stop: threading.Event | None = None,
+    ) -> dict:  # fmt: skip
         """One streaming chat completion: usage, time to first token, decode rate, the text; or an error.
 
-        `times`, when given, gets the arrival time of every content chunk (the long workload's windows).
+        `times`, when given, gets the arrival time of every content chunk (the long workload's windows);
+        once `stop` is set the client hangs up (the server cancels the request) and gets {"stopped": chunks}.
         """
         body = {"model": self.model, "messages": messages, "max_tokens": tokens, **SAMPLING, "seed": 1,
                 "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
@@ -165,6 +171,8 @@ class Target:
                         text.append(piece)
                         if times is not None:
                             times.append(last)
+                    if stop is not None and stop.is_set():
+                        return {"stopped": len(text)}
         except httpx.HTTPError as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
         if usage is None or first is None:
@@ -219,9 +227,14 @@ def run_conversations(target: Target, keys: list[str], turns: int, tokens: int) 
 
 
 def run_long(target: Target, key: str, streams: int, tokens: int, long_tokens: int) -> dict:
-    """`streams` streams decoding, then one long prompt: its TTFT and the streams' rate before and during it."""
+    """`streams` streams decoding, then one long prompt: its TTFT and the streams' rate without and during its fill.
+
+    The streams could decode for longer than any fill takes; they are stopped (the client hangs up) 2 s
+    after the long prompt's first token, so every one of them decodes through the whole window.
+    """
     times: list[list[float]] = [[] for _ in range(streams)]
-    stream_tokens = max(tokens, 512)  # long enough to outlast the long prompt's prefill
+    stop = threading.Event()
+    stream_tokens = 3000  # far longer than the fill: they are stopped, not finished
     with client_pool(streams + 1) as client, ThreadPoolExecutor(streams) as pool:
         futures = [
             pool.submit(
@@ -230,6 +243,7 @@ def run_long(target: Target, key: str, streams: int, tokens: int, long_tokens: i
                 [{"role": "user", "content": workloads.fresh_prompt(key, "stream", i, low=20, high=60)}],
                 stream_tokens,
                 times[i],
+                stop,
             )
             for i in range(streams)
         ]
@@ -241,8 +255,14 @@ def run_long(target: Target, key: str, streams: int, tokens: int, long_tokens: i
         time.sleep(2.0)  # the baseline window: every stream decoding
         arrived = time.perf_counter()
         long = target.chat(client, [{"role": "user", "content": workloads.long_prompt(key, tokens=long_tokens)}], 16)
+        if "ttft_ms" in long:  # the window after the fill, the streams' contexts as long as at its end
+            time.sleep(max(0.0, arrived + long["ttft_ms"] / 1000 + 2.0 - time.perf_counter()))
+        stop.set()
         stream_runs = [f.result() for f in futures]
-    runs = [{"key": f"{key}/long", **long}] + [{"key": f"{key}/stream{i}", **r} for i, r in enumerate(stream_runs)]
+    # The streams count in `errors` when they failed; stopped ones are not requests to summarize.
+    runs = [{"key": f"{key}/long", **long}] + [
+        {"key": f"{key}/stream{i}", **r} for i, r in enumerate(stream_runs) if "error" in r
+    ]
     if "error" in long:
         return {"runs": runs, "wall_s": 0.0}
     first = arrived + long["ttft_ms"] / 1000
@@ -250,9 +270,11 @@ def run_long(target: Target, key: str, streams: int, tokens: int, long_tokens: i
     def rate(lo: float, hi: float) -> float:
         return sum(lo <= t < hi for ts in times for t in ts) / (hi - lo)
 
-    before = rate(arrived - 2.0, arrived)
+    # The streams' contexts grow while they wait, and attention slows them as they grow: their rate without
+    # a fill is taken as the mean of the 2 s before the long prompt arrived and the 2 s after its first token.
+    before = (rate(arrived - 2.0, arrived) + rate(first, first + 2.0)) / 2
     during = rate(arrived, first)
-    still = sum(1 for ts in times if ts and ts[-1] >= first)  # streams that outlasted the prefill
+    still = sum(1 for r in stream_runs if "stopped" in r)  # streams that decoded through the whole fill
     return {"runs": runs, "wall_s": 0.0, "long_ttft_ms": long["ttft_ms"],
             "long_prompt_tokens": long.get("prompt_tokens"), "streams_tps_before": before, "streams_tps_during": during,
             "streams_kept": during / before if before else None, "streams_outlasting": still}  # fmt: skip
@@ -416,7 +438,7 @@ def print_table(result: dict) -> None:
     if name == "long":
         columns = [("long TTFT ms", "long_ttft_ms"), ("streams before", "streams_tps_before"),
                    ("streams during", "streams_tps_during"), ("kept", "streams_kept"),
-                   ("errors", "errors")]  # fmt: skip
+                   ("outlasting", "streams_outlasting"), ("errors", "errors")]  # fmt: skip
     level = "convs" if name == "karen" else "streams" if name == "long" else "clients"
     print(f"{level:>7}  {'ratio':>6}  {'ttft':>6}" + "".join(f"  {t:>17}" for t, _ in columns) + "  counts differ")
     print(f"{'':>7}  {'agg':>6}  {'x':>6}" + "".join(f"  {'ours / theirs':>17}" for _ in columns) + "  prompt/compl")

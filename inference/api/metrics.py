@@ -34,6 +34,12 @@ _SCHEDULER_COUNTERS = [
     ("queue_timeouts", "queue_timeouts", "Requests that waited past queue_timeout and got 503."),
     ("request_failures", "request_failures", "Requests ended by a failure in their own step (others went on)."),
     ("long_prefill_chunks", "long_prefill_chunks", "Chunks of long prompts filled while other requests decoded."),
+    ("long_prefill_s", "long_prefill_seconds", "Decode time of the steps that carried those chunks."),
+    (
+        "decode_s_while_long_waits",
+        "decode_seconds_while_long_prompt_waits",
+        "Decode time the other requests had to themselves while a long prompt waited for its next chunk.",
+    ),
 ]
 # Per-model gauges: (metric name, help, value from a `loaded` entry of the engine status).
 _MODEL_GAUGES: list[tuple[str, str, Callable[[dict[str, Any]], float]]] = [

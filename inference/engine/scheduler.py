@@ -1,8 +1,8 @@
 """Continuous batching: a model's slots share one llama.cpp context and decode together.
 
 Each step puts one token from every generating slot into a single batch, fills the
-rest with prompt chunks of newly admitted requests (chunked prefill, so a long prompt
-does not stall the others), decodes once, and samples each slot with its own sampler.
+rest with prompt chunks of newly admitted requests (which and when: prefill.py), decodes
+once, and samples each slot with its own sampler.
 A finished or cancelled slot is free at the next step. A new request takes the lowest
 free slot (so the busy slots stay consecutive, see `_admit`) and reuses the longest KV
 prefix at hand: the slot's own, another free slot's, or the host-memory prompt cache's
@@ -17,13 +17,13 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import llama_cpp
 
 from inference.engine.fair_queue import LANES, FairQueue, owner_limit
 from inference.engine.jobs import Job, JobHandle, Outcome, Token, batched_handoffs
 from inference.engine.llama_runner import LlamaRunner, Prepared
+from inference.engine.prefill import Fill, PrefillPolicy
 from inference.engine.prompt_cache import PrefixReuse, PromptCache, common_prefix
 from inference.engine.slots import (
     QueuedItem,
@@ -41,10 +41,6 @@ __all__ = ["BatchScheduler", "QueueFull", "SchedulerDown"]
 
 logger = logging.getLogger(__name__)
 SLOW_SAMPLE_S = 1.0  # one token's sampling past this ends its request: every other slot waits on it
-# While other requests decode, a prompt longer than one chunk gets this share of the time, so the
-# decoding streams keep at least 1 - LONG_PREFILL_SHARE of their tokens/s while it fills.
-LONG_PREFILL_SHARE = 0.18
-_PAYBACK = (1 - LONG_PREFILL_SHARE) / LONG_PREFILL_SHARE  # decode time owed to the streams per second of chunk
 
 
 class BatchScheduler:
@@ -86,11 +82,7 @@ class BatchScheduler:
         self._waiting_by_owner: dict[str, int] = {}
         self._stopping = False
         self.failed: BaseException | None = None
-        # One chunk of a prompt, at most: room for it beside the other slots' decode tokens in any step.
-        self.prefill_chunk = runner.n_batch - runner.n_parallel + 1
-        self._long_credit_s = 0.0
-        self._long_waiting = False
-        self._prefill_s_per_token: float | None = None
+        self.prefill = PrefillPolicy(runner.n_batch, runner.n_parallel, self.stats)
         self._thread = threading.Thread(target=self._run, name=f"llama-{runner.spec.model_id}", daemon=True)
         self._thread.start()
 
@@ -327,16 +319,9 @@ class BatchScheduler:
         admitted_at = time.perf_counter()
         self.stats["queue_admitted"] += 1
         self.stats["queue_wait_ms_total"] += (admitted_at - item.queued_at) * 1000
-        long_prompt = len(item.tokens) - keep > self.prefill_chunk
-        if (
-            long_prompt
-            and self._prefill_s_per_token is not None
-            and any(s.request and not s.request.prompt_rest for s in self.slots)
-        ):
-            # Streams are decoding: they get their share before the first chunk too, estimated from the
-            # prompts filled so far, so the whole wait for this prompt's first token keeps their share.
-            first_chunk_s = self._prefill_s_per_token * self.prefill_chunk
-            self._long_credit_s = min(self._long_credit_s, -first_chunk_s * _PAYBACK)
+        long_prompt = self.prefill.is_long(len(item.tokens) - keep)
+        if long_prompt:
+            self.prefill.seat_long(streams_decoding=any(_generating(s) for s in self.slots))
         slot.request = SlotRequest(
             item=item,
             sampler=item.sampler,
@@ -357,25 +342,16 @@ class BatchScheduler:
         active = [slot for slot in active if slot.request]
         if not active:
             return
-        batch = self.runner.batch.batch
-        n = 0
-        sample_at: list[tuple[Slot, int]] = []
-        generating = [slot for slot in active if not slot.request.prompt_rest]
-        for slot in generating:
-            put_token(batch, n, slot.request.last, len(slot.cached), slot.seq_id, True)
-            slot.cached.append(slot.request.last)
-            sample_at.append((slot, n))
-            n += 1
-        n, long_chunk = self._fill_prompts(active, batch, n, sample_at, generating=bool(generating))
-        batch.n_tokens = n
+        generating = [slot for slot in active if _generating(slot)]
+        fill = self.prefill.fill(active, self.runner.n_batch - len(generating), generating=bool(generating))
+        sample_at = self._put_batch(generating, fill)
         started = time.perf_counter()
-        rc = llama_cpp.llama_decode(self.runner.ctx.ctx, batch)
+        rc = llama_cpp.llama_decode(self.runner.ctx.ctx, self.runner.batch.batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
-        self._share_time(time.perf_counter() - started, long_chunk=long_chunk, generating=bool(generating),
-                         prompt_tokens=n - len(generating))  # fmt: skip
+        self.prefill.account(time.perf_counter() - started, fill, generating=bool(generating))
         self.stats["steps"] += 1
-        self.stats["batched_tokens"] += n
+        self.stats["batched_tokens"] += len(generating) + fill.tokens
         for slot, index in sample_at:
             try:
                 started = time.perf_counter()
@@ -397,67 +373,30 @@ class BatchScheduler:
                 if slot.request is not None:
                     self._finish(slot, "error", "error", error=f"generation failed: {exc}", code="engine_error")
 
-    def _fill_prompts(
-        self, active: list[Slot], batch: Any, n: int, sample_at: list[tuple[Slot, int]], *, generating: bool
-    ) -> tuple[int, bool]:
-        """Put prompt tokens after the step's `n` decode tokens; the new count, and whether a long chunk went in.
+    def _put_batch(self, generating: list[Slot], fill: Fill) -> list[tuple[Slot, int]]:
+        """Write the step's tokens into the runner's batch, each slot's together and in slot order.
 
-        A prompt that fits one chunk goes in whole as soon as the step has room for it, so a newly
-        admitted request is prefilled in the next step, as llama.cpp's server does. A longer prompt
-        goes in chunks of `prefill_chunk` tokens, cut at the same places whatever else arrived (a cut
-        where a step's room happened to run out changes llama.cpp's arithmetic enough to flip a greedy
-        token: measured, 3 of 30 batched runs differed from the one-by-one text, 0 of 30 uncut). While
-        other requests decode, a long prompt's chunks get LONG_PREFILL_SHARE of the time (`_share_time`),
-        so the streams keep the rest of their speed while it fills.
+        With a per-slot KV cache llama.cpp splits a batch into ubatches of consecutive sequence ids
+        (in the order each first appears) and equal tokens per sequence, one pass over the weights
+        each. In slot order every busy slot's first token shares the first ubatch; decode tokens
+        first and prompts after (llama.cpp's server's order) would break the run at every prompt.
+        Returns (slot, batch index) of the tokens to sample.
         """
-        room = self.runner.n_batch - n
-        long_ready = not generating or self._long_credit_s >= 0
-        long_chunk = False
-        # Short prompts first: their whole prompt is their time to first token.
-        for slot in sorted(active, key=lambda s: s.request.long_prompt):
-            rest = slot.request.prompt_rest
-            if not rest:
-                continue
-            is_long = slot.request.long_prompt  # its last chunk too: the streams pay for all of it
-            chunk = rest[: self.prefill_chunk]
-            if len(chunk) > room or (is_long and (long_chunk or not long_ready)):
-                continue
-            long_chunk = long_chunk or is_long
-            slot.request.prompt_rest = rest[len(chunk) :]
+        batch = self.runner.batch.batch
+        pieces = [(slot, [slot.request.last]) for slot in generating] + fill.chunks
+        sample_at: list[tuple[Slot, int]] = []
+        n = 0
+        for slot, tokens in sorted(pieces, key=lambda piece: piece[0].seq_id):
             start = len(slot.cached)
-            for i, token in enumerate(chunk):
-                put_token(batch, n, token, start + i, slot.seq_id, False)
-                n += 1
-            slot.cached.extend(chunk)
-            room -= len(chunk)
-            if not slot.request.prompt_rest:
+            for i, token in enumerate(tokens):
+                put_token(batch, n + i, token, start + i, slot.seq_id, False)
+            n += len(tokens)
+            slot.cached.extend(tokens)
+            if not slot.request.prompt_rest:  # a decode token, or a prompt's last chunk
                 batch.logits[n - 1] = True
                 sample_at.append((slot, n - 1))
-        self._long_waiting = any(s.request.long_prompt and s.request.prompt_rest for s in active)
-        return n, long_chunk
-
-    def _share_time(self, seconds: float, *, long_chunk: bool, generating: bool, prompt_tokens: int = 0) -> None:
-        """Account a decode call's time between the streams and a long prompt that waits to be filled.
-
-        A step that carried a long prompt's chunk while others were decoding costs the long prompt
-        (1 - share) / share times its duration; steps without one pay it back. A chunk goes in only
-        when the balance is not negative, so over the fill the streams keep 1 - share of the time.
-        Nothing accrues while no long prompt waits: a long prompt gets no burst of saved-up time.
-        Steps with a prompt of some size keep the estimate of a prompt token's cost (`_seat` uses it).
-        """
-        if prompt_tokens >= 32:
-            per_token = seconds / prompt_tokens
-            previous = self._prefill_s_per_token
-            self._prefill_s_per_token = per_token if previous is None else 0.7 * previous + 0.3 * per_token
-        if long_chunk and generating:
-            self._long_credit_s -= seconds * _PAYBACK
-            self.stats["long_prefill_chunks"] += 1
-            self.stats["long_prefill_ms_total"] += seconds * 1000
-        elif self._long_waiting and generating:
-            self._long_credit_s = min(0.0, self._long_credit_s + seconds)
-            self.stats["decode_ms_while_long_waits"] += seconds * 1000
-        elif not self._long_waiting:
-            self._long_credit_s = 0.0
+        batch.n_tokens = n
+        return sample_at
 
     def _on_token(self, slot: Slot, token: int, probs: dict | None = None) -> None:
         request = slot.request
@@ -511,3 +450,8 @@ class BatchScheduler:
                 error_code=code,
             )
         )
+
+
+def _generating(slot: Slot) -> bool:
+    """Whether `slot` holds a request past its prompt, decoding a token each step."""
+    return slot.request is not None and not slot.request.prompt_rest

@@ -132,11 +132,11 @@ def new_stats() -> dict[str, float]:
         "queue_wait_ms_total": 0.0,
         "queue_timeouts": 0,
         "request_failures": 0,  # requests ended by a failure in their own step
-        # Long prompts filled beside decoding streams: their chunks' steps, and the decode-only steps the
-        # streams had meanwhile (LONG_PREFILL_SHARE holds the first below that share of the two).
+        # Long prompts filled beside decoding streams: their chunks' steps and time, and the time of the
+        # decode-only steps the streams had meanwhile (LONG_PREFILL_SHARE holds the first below that share).
         "long_prefill_chunks": 0,
-        "long_prefill_ms_total": 0.0,
-        "decode_ms_while_long_waits": 0.0,
+        "long_prefill_s": 0.0,
+        "decode_s_while_long_waits": 0.0,
     }
 
 

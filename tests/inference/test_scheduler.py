@@ -15,7 +15,8 @@ from inference.engine import Job, Outcome, Sampling, Token, get_engine
 from inference.engine.llama_runner import GreedyArgmax, LlamaRunner
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelPool
-from inference.engine.scheduler import LONG_PREFILL_SHARE, QueueFull
+from inference.engine.prefill import PAYBACK, Fill
+from inference.engine.scheduler import QueueFull
 from inference.engine.spec import ModelSpec
 from tests.inference.conftest import NO_EOS_BIAS
 
@@ -254,29 +255,31 @@ async def test_a_long_prompt_fills_in_fixed_chunks_and_leaves_the_streams_their_
     events = stream.events()
     assert isinstance(await anext(events), Token)
     worker = engine.pool.get(spec.model_id).worker
-    estimate = worker._prefill_s_per_token  # from the stream's own prompt (over 32 tokens)
+    policy = worker.prefill
+    estimate = policy.s_per_token  # from the stream's own prompt (over 32 tokens)
     assert estimate is not None
     calls = []
-    share_time = worker._share_time
+    account = policy.account
 
-    def spy(seconds: float, *, long_chunk: bool, generating: bool, prompt_tokens: int) -> None:
-        calls.append((seconds, long_chunk, generating, worker._long_credit_s))
-        share_time(seconds, long_chunk=long_chunk, generating=generating, prompt_tokens=prompt_tokens)
+    def spy(seconds: float, fill: Fill, *, generating: bool) -> None:
+        calls.append((seconds, fill.long_chunk, generating, policy.credit_s))
+        account(seconds, fill, generating=generating)
 
-    worker._share_time = spy
+    policy.account = spy
     text, outcome = await run(engine, spec, chat(spec, long_prompt, max_tokens=8))
     stream.cancel()
     assert [e async for e in events][-1].status == "cancelled"  # it streamed all along
-    assert outcome.status == "completed" and text and worker.prefill_chunk == 63
+    assert outcome.status == "completed" and text and policy.chunk == 63
     chunks = [i for i, (_, long_chunk, generating, _) in enumerate(calls) if long_chunk and generating]
     # Every chunk went in beside the stream (the shared chat-template prefix came from its slot).
     assert len(chunks) >= (outcome.prompt_tokens - 64) // 63 >= 4
     assert all(calls[i][3] >= 0 for i in chunks)  # each went in with nothing owed
-    factor = (1 - LONG_PREFILL_SHARE) / LONG_PREFILL_SHARE
     # Before the first chunk the stream had its share of the first chunk's estimated time, too.
     owed = [seconds for seconds, _, _, credit in calls[: chunks[0]] if credit < 0]
-    assert sum(owed) >= factor * estimate * 63 * 0.999
+    assert sum(owed) >= PAYBACK * estimate * 63 * 0.999
     for before, after in itertools.pairwise(chunks):
         decoded = sum(seconds for seconds, *_ in calls[before + 1 : after])
-        assert decoded >= factor * calls[before][0] * 0.999
+        assert decoded >= PAYBACK * calls[before][0] * 0.999
     assert worker.stats["long_prefill_chunks"] == len(chunks)
+    long_s = sum(calls[i][0] for i in chunks)
+    assert worker.stats["long_prefill_s"] == pytest.approx(long_s)

@@ -24,7 +24,7 @@ from kombu.utils.url import maybe_sanitize_url
 
 from inference import drain
 from inference.engine import get_engine
-from inference.engine.devices import offload_devices
+from inference.engine.devices import OFFLOAD_KINDS, devices
 from models_app.choices import ModelStatus
 from models_app.models import LLMModel
 from models_app.selectors import latest_self_tests
@@ -147,11 +147,11 @@ def _gpu() -> tuple[bool, str]:
         if asking:
             return False, f"{build}, but n_gpu_layers > 0 for: {', '.join(asking)}"
         return True, build
-    gpus = offload_devices()
-    listed = "; ".join(map(str, gpus)) or "none visible"
+    gpus = [device for device in devices() if device.kind in OFFLOAD_KINDS]  # the build offloads: checked above
     if asking and not gpus:
         build = "this build offloads to a GPU, but no GPU device is visible"
         return False, f"{build}; n_gpu_layers > 0 for: {', '.join(asking)}"
+    listed = "; ".join(map(str, gpus)) or "none visible"
     return True, f"GPU devices: {listed}" + (f"; {len(asking)} model(s) set n_gpu_layers > 0" if asking else "")
 
 

@@ -13,7 +13,7 @@ Only the scheduler's thread uses a policy; it holds no llama.cpp state, only tim
 
 from dataclasses import dataclass
 
-from inference.engine.slots import Slot
+from inference.engine.slots import Slot, SlotRequest
 
 # While other requests decode, a prompt longer than one chunk gets this share of the time, so the
 # decoding streams keep at least 1 - LONG_PREFILL_SHARE of their tokens/s while it fills.
@@ -73,11 +73,13 @@ class PrefillPolicy:
         chunks: list[tuple[Slot, list[int]]] = []
         long_chunk = False
         filling = [(slot, slot.request) for slot in active if slot.request is not None and slot.request.prompt_rest]
-        # Short prompts first: their whole prompt is their time to first token.
-        for slot, request in sorted(filling, key=lambda pair: pair[1].long_prompt):
+        for slot, request in sorted(filling, key=lambda pair: _order(pair[1])):
             is_long = request.long_prompt  # its last chunk too: the streams pay for all of it
             chunk = request.prompt_rest[: self.chunk]
-            if len(chunk) > room or (is_long and (long_chunk or not long_ready)):
+            if len(chunk) > room:
+                request.passed_over = True
+                continue
+            if is_long and (long_chunk or not long_ready):
                 continue
             long_chunk = long_chunk or is_long
             request.prompt_rest = request.prompt_rest[len(chunk) :]
@@ -101,3 +103,13 @@ class PrefillPolicy:
             self.stats["decode_s_while_long_waits"] += seconds
         elif not fill.long_waiting:
             self.credit_s = 0.0
+
+
+def _order(request: SlotRequest) -> tuple[bool, bool]:
+    """The order prompts take a step's room in (the sort is stable: slot order otherwise).
+
+    Short prompts (one chunk) before long ones: a short prompt's whole fill is its time to first
+    token. A prompt a step had no room for goes first in the next one, so requests coming and
+    going in lower slots cannot keep it waiting.
+    """
+    return (request.long_prompt, not request.passed_over)

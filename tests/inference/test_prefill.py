@@ -1,0 +1,41 @@
+"""Which prompt chunks a step takes (prefill.py): whole short prompts, and none kept waiting by others."""
+
+from inference.engine import Job, Sampling
+from inference.engine.prefill import PrefillPolicy
+from inference.engine.slots import QueuedItem, Slot, SlotRequest, new_stats
+
+
+def seated(slot: Slot, prompt_tokens: int, policy: PrefillPolicy) -> Slot:
+    job = Job(model_id="m", kind="completion", prompt="x", sampling=Sampling())
+    tokens = list(range(prompt_tokens))
+    slot.request = SlotRequest(QueuedItem(job, None, tokens, None), None, tokens, 8, 0.0,
+                               long_prompt=policy.is_long(prompt_tokens))  # fmt: skip
+    return slot
+
+
+def taken(policy: PrefillPolicy, slots: list[Slot], room: int) -> list[tuple[int, int]]:
+    fill = policy.fill([s for s in slots if s.request], room, generating=True)
+    return [(slot.seq_id, len(chunk)) for slot, chunk in fill.chunks]
+
+
+def test_a_prompt_that_found_no_room_goes_first_in_the_next_step():
+    # A client whose requests come and go in slot 0 (long prompts, one token each) must not keep the
+    # prompt in slot 1 waiting: in slot order alone, slot 0's next prompt would take the room every step.
+    policy = PrefillPolicy(n_batch=512, n_parallel=8, stats=new_stats())
+    slots = [Slot(i) for i in range(8)]
+    seated(slots[0], 400, policy)
+    seated(slots[1], 200, policy)
+    assert taken(policy, slots, room=policy.chunk) == [(0, 400)]  # 200 more does not fit beside it
+    slots[0].request = None
+    seated(slots[0], 400, policy)  # the next request of the same client, in the same slot
+    assert taken(policy, slots, room=policy.chunk) == [(1, 200)]
+    assert taken(policy, slots, room=policy.chunk) == [(0, 400)]
+
+
+def test_short_prompts_go_in_whole_and_a_long_one_in_fixed_chunks_after_them():
+    policy = PrefillPolicy(n_batch=64, n_parallel=2, stats=new_stats())
+    assert policy.chunk == 63 and policy.is_long(64) and not policy.is_long(63)
+    slots = [seated(Slot(0), 150, policy), seated(Slot(1), 40, policy)]
+    assert taken(policy, slots, room=64) == [(1, 40)]  # the long prompt's chunk does not fit beside it
+    slots[1].request = None
+    assert [taken(policy, slots, room=64) for _ in range(3)] == [[(0, 63)], [(0, 63)], [(0, 24)]]

@@ -27,6 +27,11 @@ _SCHEDULER_COUNTERS = [
     ("batched_tokens", "batched_tokens", "Tokens put through llama_decode (prompt chunks and generated)."),
     ("prefix_hits", "prefix_cache_hits", "Requests that reused a KV prefix instead of computing it."),
     ("prefix_tokens_reused", "prefix_cache_tokens_reused", "Prompt tokens whose KV was reused."),
+    (
+        "prefix_waits",
+        "prefix_waits",
+        "Requests that waited a step for a prompt being filled, to copy their shared prefix.",
+    ),
     ("slot_copies", "slot_copies", "KV prefixes copied from another free slot into the admitting one."),
     ("prompt_cache_stored", "prompt_cache_stored", "Slot sequences saved to the host-memory prompt cache."),
     ("prompt_cache_hits", "prompt_cache_hits", "Requests whose prefix was restored from the prompt cache."),

@@ -12,7 +12,7 @@ Not thread-safe: the scheduler's lock guards the counts, its thread the order.
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Generic, Protocol, TypeVar
 
 LANES = ("interactive", "batch")
@@ -67,6 +67,18 @@ class FairQueue(Generic[T]):
             raise IndexError("pop from an empty FairQueue")
         self._size -= 1
         return item
+
+    def pop_first(self, admissible: Callable[[T], bool]) -> T | None:
+        """The first request, in admission order, that `admissible` accepts (None if none); its owner's turn
+        moves to the back of its lane, as with popleft."""
+        for item in self.projected():
+            if admissible(item):
+                self.remove(item)
+                owners = self._lanes[item.lane if item.lane in self._lanes else "interactive"]
+                if item.owner in owners:
+                    owners.move_to_end(item.owner)
+                return item
+        return None
 
     def projected(self) -> list[T]:
         """Every waiting request in the order it would be admitted if nothing else arrived."""

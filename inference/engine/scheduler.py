@@ -12,6 +12,7 @@ Thread-safety: `submit` and the counters may be used from any thread; everything
 runs on the scheduler's own thread, the only one that calls llama.cpp for this model.
 """
 
+import functools
 import logging
 import queue
 import threading
@@ -280,13 +281,19 @@ class BatchScheduler:
         in one ubatch, so requests in slots 0 and 2 cost two passes over the weights per step
         where slots 0 and 1 cost one. The prefix comes from the slot itself, from another slot
         (free or busy) or from the prompt cache, whichever shares most of the prompt; a slot about to
-        lose tokens to a request that does not share them is copied into the prompt cache.
+        lose tokens to a request that does not share them is copied into the prompt cache. A request
+        whose prefix a prompt being filled will soon hold waits for that fill (`_may_seat`).
         """
         while self._waiting:
             free = [slot for slot in self.slots if slot.request is None]
             if not free:
                 return
-            item = self._waiting.popleft()
+            # Prompts going in whole at the next steps: a request whose prefix one of them will hold waits for it.
+            coming = [s.request.item.tokens for s in self.slots
+                      if s.request and s.request.prompt_rest and not s.request.long_prompt]  # fmt: skip
+            item = self._waiting.pop_first(functools.partial(self._may_seat, coming=coming))
+            if item is None:
+                return
             slot = free[0]
             try:
                 # Every other slot may lend its prefix, busy ones too (a sibling choice, a shared system prompt):
@@ -300,6 +307,15 @@ class BatchScheduler:
                 failed = Outcome("error", "error", prompt_tokens=len(item.tokens),
                                  error=f"admission failed: {exc}", error_code="engine_error")  # fmt: skip
                 self._end_waiting(item, failed)
+
+    def _may_seat(self, item: QueuedItem, *, coming: list[list[int]]) -> bool:
+        """False while a prompt being filled will soon hold a longer prefix of `item`'s: it waits to copy it."""
+        if not coming or not self._reuse.worth_waiting(item.tokens, self.slots, coming):
+            return True
+        if not item.waited_for_prefix:
+            item.waited_for_prefix = True
+            self.stats["prefix_waits"] += 1
+        return False
 
     def _seat(self, item: QueuedItem, slot: Slot, others: list[Slot]) -> None:
         """Put `item` in `slot`, reusing the longest prefix of its prompt found in `slot`, `others` or the cache."""

@@ -35,6 +35,7 @@ class QueuedItem:
     # not waiting in its queue, and a long load must not time out the request that asked for it.
     queued_at: float = field(default_factory=time.perf_counter)
     reported: int | None = None  # the queue position last told to its handle
+    waited_for_prefix: bool = False  # it waited for a prompt being filled, to copy their shared prefix
 
     @property
     def owner(self) -> str:
@@ -124,6 +125,7 @@ def new_stats() -> dict[str, float]:
         "prefix_hits": 0,
         "prefix_tokens_reused": 0,
         "slot_copies": 0,
+        "prefix_waits": 0,  # requests that waited for a prompt being filled, to copy their shared prefix
         "prompt_cache_stored": 0,
         "prompt_cache_hits": 0,
         "prompt_cache_tokens_restored": 0,

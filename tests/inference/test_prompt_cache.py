@@ -1,8 +1,9 @@
-"""The prompt cache's bookkeeping: longest match, byte limit, redundant prefixes (no model needed)."""
+"""The prompt cache's bookkeeping: longest match, byte limit, redundant prefixes, when to wait (no model needed)."""
 
 import ctypes
 
-from inference.engine.prompt_cache import PromptCache, common_prefix
+from inference.engine.prompt_cache import PrefixReuse, PromptCache, common_prefix
+from inference.engine.slots import Slot, new_stats
 
 
 def state(n: int) -> ctypes.Array:
@@ -57,3 +58,20 @@ def test_take_removes_the_entry_being_restored():
     cache.take(entry)
     assert len(cache) == 0 and cache.bytes == 0
     assert not PromptCache(0).enabled
+
+
+def test_a_request_waits_only_for_a_fill_that_brings_it_enough_more_than_it_has():
+    # 64 tokens (WAIT_FOR_TOKENS) more of its prefix than any slot or cache entry holds, or it goes on at once.
+    reuse = PrefixReuse(None, PromptCache(1000), new_stats())
+    system = list(range(100))
+    request = [*system, 500, 501]
+    idle = Slot(0, cached=list(range(30)))  # holds the first 30 of them
+    assert reuse.worth_waiting(request, [idle], coming=[[*system, 900]])  # 100 coming vs 30 at hand
+    assert not reuse.worth_waiting(request, [idle], coming=[[*range(93), 900]])  # 93 - 30 < 64
+    assert not reuse.worth_waiting(request, [idle], coming=[])
+    reuse.cache.put(list(range(80)), state(10))  # now 80 at hand, from the cache
+    assert not reuse.worth_waiting(request, [idle], coming=[[*system, 900]])
+    # Never for more than the request can reuse: its last token is always decoded anew.
+    reuse = PrefixReuse(None, PromptCache(0), new_stats())
+    assert reuse.worth_waiting(list(range(66)), [Slot(1)], coming=[list(range(200))])
+    assert not reuse.worth_waiting(list(range(64)), [Slot(1)], coming=[list(range(200))])

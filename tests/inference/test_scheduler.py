@@ -16,6 +16,7 @@ from inference.engine.llama_runner import GreedyArgmax, LlamaRunner
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelPool
 from inference.engine.prefill import PAYBACK, Fill
+from inference.engine.prompt_cache import common_prefix
 from inference.engine.scheduler import QueueFull
 from inference.engine.spec import ModelSpec
 from tests.inference.conftest import NO_EOS_BIAS
@@ -283,3 +284,27 @@ async def test_a_long_prompt_fills_in_fixed_chunks_and_leaves_the_streams_their_
     assert worker.stats["long_prefill_chunks"] == len(chunks)
     long_s = sum(calls[i][0] for i in chunks)
     assert worker.stats["long_prefill_s"] == pytest.approx(long_s)
+
+
+async def test_conversations_arriving_together_compute_their_shared_system_prompt_once(engine_for):
+    # KAREN's conversations start with the same system prompt. Arriving together, the first fills it and
+    # the others wait for that step, then copy it: each of them reuses at least the system prompt, whenever
+    # it arrived (had they been seated beside the first, each would have computed it again).
+    engine, spec = engine_for(n_parallel=4)
+    system = "You are KAREN, a careful assistant. " + " ".join(f"Rule {i}: answer briefly." for i in range(30))
+    jobs = [
+        replace(
+            chat(spec, question),
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+        )
+        for question in ("What is a cat?", "Name a river.", "Why is the sky blue?", "Count to three.")
+    ]
+    results = await asyncio.gather(*(run(engine, spec, job) for job in jobs))
+    assert all(outcome.status == "completed" for _, outcome in results)
+    worker = engine.pool.get(spec.model_id).worker
+    shared = min(
+        common_prefix(worker.runner.tokenize_prompt(a), worker.runner.tokenize_prompt(b))
+        for a, b in itertools.combinations(jobs, 2)
+    )
+    assert shared > 200
+    assert worker.stats["prefix_tokens_reused"] >= 3 * shared

@@ -121,11 +121,16 @@ class PrefixReuse:
         several arriving together would each compute it. The caller passes only prompts that
         go in whole (one chunk), so the wait is a step or two.
         """
-        limit = len(tokens) - 1
-        at_hand = max((common_prefix(s.cached, tokens) for s in slots), default=0)
+        # The scheduler asks this of every waiting request at every step while one is filled: each comparison
+        # is bounded by the coming prompts' length (one chunk at most), however long the cached sequences are.
+        gain = min(max((common_prefix(prompt, tokens) for prompt in coming), default=0), len(tokens) - 1)
+        if gain < WAIT_FOR_TOKENS:
+            return False
+        head = tokens[:gain]  # nothing past it can change the answer
+        at_hand = max((common_prefix(s.cached, head) for s in slots), default=0)
         if self.cache.enabled:
-            at_hand = max(at_hand, self.cache.best(tokens)[1])
-        return any(min(common_prefix(prompt, tokens), limit) - at_hand >= WAIT_FOR_TOKENS for prompt in coming)
+            at_hand = max(at_hand, self.cache.best(head)[1])
+        return gain - at_hand >= WAIT_FOR_TOKENS
 
     def bring_longest(self, slot: KVSlot, others: list[KVSlot], tokens: list[int]) -> bool:
         """Copy into `slot` the KV of another slot (free or busy) or a cached prompt sharing more of `tokens`.

@@ -45,17 +45,20 @@ class FairQueue(Generic[T]):
                 yield from items
 
     def append(self, item: T) -> None:
-        lane = item.lane if item.lane in self._lanes else "interactive"
-        self._lanes[lane].setdefault(item.owner, deque()).append(item)
+        self._owners(item).setdefault(item.owner, deque()).append(item)
         self._size += 1
 
     def remove(self, item: T) -> None:
-        owners = self._lanes[item.lane if item.lane in self._lanes else "interactive"]
+        owners = self._owners(item)
         items = owners[item.owner]
         items.remove(item)
         if not items:
             del owners[item.owner]
         self._size -= 1
+
+    def _owners(self, item: T) -> "OrderedDict[str, deque[T]]":
+        """The owners' queues of `item`'s lane (an unknown lane counts as interactive)."""
+        return self._lanes[item.lane if item.lane in self._lanes else "interactive"]
 
     def depth(self, lane: str) -> int:
         return sum(len(items) for items in self._lanes[lane].values())
@@ -74,7 +77,7 @@ class FairQueue(Generic[T]):
         for item in self.projected():
             if admissible(item):
                 self.remove(item)
-                owners = self._lanes[item.lane if item.lane in self._lanes else "interactive"]
+                owners = self._owners(item)
                 if item.owner in owners:
                     owners.move_to_end(item.owner)
                 return item

@@ -48,7 +48,6 @@ class PrefillPolicy:
     def __init__(self, n_batch: int, n_parallel: int, stats: dict[str, float]) -> None:
         # One chunk of a prompt, at most: room for it beside the other slots' decode tokens in any step.
         self.chunk = n_batch - n_parallel + 1
-        self.n_batch = n_batch
         self.stats = stats
         self.credit_s = 0.0
         self.s_per_token: float | None = None  # an EMA of a prompt token's decode time

@@ -1,8 +1,8 @@
 """Remote against local mode: the same /v1 API, the model in the web process or on an inference node.
 
 One PostgreSQL database (created here, dropped at the end) and Redis back two deployments:
-    local:  daphne with INFERENCE_MODE=local, the engine in the web process
-    remote: daphne with INFERENCE_MODE=remote + one `manage.py runworker inference` node,
+    local:  the web server (karen_host.web) with INFERENCE_MODE=local, the engine in the web process
+    remote: the web server with INFERENCE_MODE=remote + one `manage.py runworker inference` node,
             every token crossing Redis (channels-redis) from the node to the web process
 Both are up for the whole run but measured in turn, alternating per round, with the same
 model config (n_ctx 4096, n_parallel = --clients, threads = the cores) and the same greedy
@@ -74,7 +74,7 @@ class Deployment:
 
     def web(self, mode: str) -> str:
         port = free_port()
-        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "karen_host.asgi:application"]
+        argv = [sys.executable, "-m", "karen_host.web", "--host", "127.0.0.1", "--port", str(port)]
         self.spawn(f"web-{mode}", argv, INFERENCE_MODE=mode)
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 60

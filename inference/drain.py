@@ -4,17 +4,14 @@ While draining, `flow.submit` refuses every new generation with 503 and Retry-Af
 readiness fails at once, and websocket clients get a `shutdown` frame. Generations still
 running after DRAIN_TIMEOUT_S are cancelled, and the process stops only once every one of
 them has ended and closed its usage row. A second signal stops at once.
-`install_signal_handlers` wires this into daphne's reactor (karen_host/asgi.py).
+karen_host/web.py wires this into the web server's signal handling.
 """
 
 import asyncio
 import logging
-import signal
 import threading
 import time
 from typing import Any, Protocol
-
-from django.conf import settings
 
 from inference.engine import JobHandle
 
@@ -22,8 +19,8 @@ logger = logging.getLogger(__name__)
 
 CANCEL_GRACE_S = 10.0  # for cancelled jobs to reach their next step and close their usage rows
 CLOSE_GRACE_S = 2.0  # for websocket clients to answer the close
-# Websocket close code after a drain, as 4401 is for a refused token (autobahn lets a server send
-# only 1000 and 3000-4999, not 1001 "going away" or 1012 "service restart").
+# Websocket close code after a drain, as 4401 is for a refused token (an application's own code:
+# 1001 "going away" and 1012 "service restart" belong to the server).
 CLOSE_SHUTTING_DOWN = 4503
 
 
@@ -85,9 +82,7 @@ def _running_now() -> list[JobHandle]:
 
 async def drain(timeout_s: float) -> dict[str, int]:
     """Refuse new work, wait up to `timeout_s` for running generations, cancel the rest and wait for them to end."""
-    global _draining_since
-    if _draining_since is None:
-        _draining_since = time.monotonic()
+    begin()
     started = time.monotonic()
     with _lock:
         sockets, total = list(_sockets), len(_running)
@@ -104,7 +99,7 @@ async def drain(timeout_s: float) -> dict[str, int]:
         await asyncio.sleep(0.05)
     for socket in sockets:
         await _quietly(socket.close(code=CLOSE_SHUTTING_DOWN, reason="server shutting down"))
-    close_deadline = time.monotonic() + CLOSE_GRACE_S  # the close frames leave before the reactor stops
+    close_deadline = time.monotonic() + CLOSE_GRACE_S  # the close frames leave before the server stops
     while _sockets_left() and time.monotonic() < close_deadline:
         await asyncio.sleep(0.05)
     unended = len(_running_now())
@@ -119,32 +114,8 @@ async def _quietly(step: Any) -> None:
         logger.debug("a socket could not be told about the drain", exc_info=True)
 
 
-def install_signal_handlers(reactor: Any) -> None:
-    """Once daphne's reactor runs: SIGTERM and SIGINT drain, then stop it; a second signal stops it at once.
-
-    Twisted's own handlers would stop the reactor at once (daphne then cancels every
-    application instance), so these replace them once it runs.
-    """
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if draining():
-            logger.warning("second %s: stopping now", signal.Signals(signum).name)
-            reactor.callFromThread(reactor.stop)
-            return
-        logger.info("%s: draining for up to %.0f s", signal.Signals(signum).name, settings.DRAIN_TIMEOUT_S)
-        reactor.callFromThread(lambda: asyncio.ensure_future(_drain_then_stop(reactor)))
-
-    def install() -> None:
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-
-    reactor.callWhenRunning(install)
-
-
-async def _drain_then_stop(reactor: Any) -> None:
+def begin() -> None:
+    """Count as draining from now on: readiness fails and `flow.submit` refuses, before `drain` runs."""
     global _draining_since
-    _draining_since = time.monotonic()  # readiness and submit see it before the first await
-    try:
-        await drain(settings.DRAIN_TIMEOUT_S)
-    finally:
-        reactor.stop()
+    if _draining_since is None:
+        _draining_since = time.monotonic()

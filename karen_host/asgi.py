@@ -1,7 +1,6 @@
-"""ASGI entry point: `daphne karen_host.asgi:application` serves HTTP and websockets."""
+"""ASGI entry point: `python -m karen_host.web` (uvicorn) serves it, HTTP and websockets; so can any ASGI server."""
 
 import os
-import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -29,10 +28,3 @@ application = ProtocolTypeRouter(
         "channel": ChannelNameRouter({"inference": InferenceNodeConsumer.as_asgi()}),
     }
 )
-
-if "twisted.internet.reactor" in sys.modules:  # served by daphne: SIGTERM drains before it stops
-    from twisted.internet import reactor
-
-    from inference.drain import install_signal_handlers
-
-    install_signal_handlers(reactor)

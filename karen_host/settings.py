@@ -62,7 +62,9 @@ CORS_EXPOSE_HEADERS = ["X-Request-Id", "Retry-After"] + [
 ]
 
 INSTALLED_APPS = [
-    "daphne",  # first, so `manage.py runserver` serves ASGI (HTTP + websockets)
+    # First, so its `runserver` (daphne's: HTTP + websockets) wins over staticfiles'. Not "daphne"
+    # itself: that app imports Twisted in every process; `make run` serves with uvicorn (karen_host/web.py).
+    "karen_host.devserver",
     "models_app.console.apps.ConsoleAdminConfig",  # django.contrib.admin, opened on the dashboard
     "django.contrib.auth",
     "django.contrib.contenttypes",

@@ -165,10 +165,13 @@ def live_server_url(django_db_setup, django_db_blocker):
         thread.join(timeout=10)
 
 
-class Daphne:
-    """A real `daphne karen_host.asgi:application` process on a free port, on the test database."""
+class WebServer:
+    """A real `python -m karen_host.web` (what `make run` serves with) on a free port, on the test database.
 
-    def __init__(self, log: Path, *, listen: list[str] | None = None, verify: object = True, **env: str) -> None:
+    `env` reaches its settings: TLS_CERT_FILE and TLS_KEY_FILE make it serve HTTPS (checked with `verify`).
+    """
+
+    def __init__(self, log: Path, *, verify: object = True, **env: str) -> None:
         import os
         import subprocess
         import sys
@@ -180,22 +183,20 @@ class Daphne:
         port = _free_port()
         environ = {**os.environ, "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
                    "LOG_LEVEL": "WARNING", **env}  # fmt: skip
-        listen = listen or ["-b", "127.0.0.1", "-p", "{port}"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", *(a.replace("{port}", str(port)) for a in listen),
-             "karen_host.asgi:application"],
+            [sys.executable, "-m", "karen_host.web", "--host", "127.0.0.1", "--port", str(port)],
             env=environ, cwd=settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
         )  # fmt: skip
-        self.url = f"{'https' if any(a.startswith('ssl:') for a in listen) else 'http'}://127.0.0.1:{port}"
+        self.url = f"{'https' if env.get('TLS_CERT_FILE') else 'http'}://127.0.0.1:{port}"
         deadline = time.time() + 90
-        while time.time() < deadline:
+        while time.time() < deadline and self.process.poll() is None:
             try:
                 if httpx.get(f"{self.url}/health", timeout=5, verify=verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 time.sleep(0.1)
         self.process.kill()
-        raise RuntimeError(f"daphne did not start: {log.read_text()[-2000:]}")
+        raise RuntimeError(f"the web server did not start: {log.read_text()[-2000:]}")
 
     def stop(self) -> None:
         import subprocess
@@ -210,8 +211,8 @@ class Daphne:
 
 
 @pytest.fixture(scope="session")
-def live_daphne_url(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The URL of a real daphne serving the app, shared by the session's tests."""
-    daphne = Daphne(tmp_path_factory.mktemp("daphne") / "daphne.log")
-    yield daphne.url
-    daphne.stop()
+def live_web_url(django_db_setup, django_db_blocker, tmp_path_factory):
+    """The URL of a real `python -m karen_host.web` serving the app, shared by the session's tests."""
+    server = WebServer(tmp_path_factory.mktemp("web") / "web.log")
+    yield server.url
+    server.stop()

@@ -6,7 +6,7 @@ so views and the websocket consumer cannot tell it from the in-process engine.
 
 All channel-layer traffic runs on one background event loop, "the transport", with a
 channel-layer instance of its own: channels-redis lets only one event loop receive on a
-layer instance, and daphne's loop already receives on the shared one for websockets.
+layer instance, and the web server's loop already receives on the shared one for websockets.
 Thread-safety: `submit`, `load` and `unload` may be awaited on any event loop; `status`
 is cheap and safe anywhere; everything prefixed `_` runs on the transport loop unless
 its docstring says otherwise.

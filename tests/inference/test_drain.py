@@ -1,4 +1,4 @@
-"""Graceful stop under a real daphne: SIGTERM lets running generations finish, refuses new ones, closes every row."""
+"""Graceful stop of the real web server: SIGTERM lets running generations finish, refuses new ones, closes rows."""
 
 import asyncio
 import json
@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from models_app.models import UsageRecord
-from tests.conftest import Daphne, wait_for
+from tests.conftest import WebServer, wait_for
 from tests.inference.conftest import NO_EOS_BIAS
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -53,45 +53,45 @@ def _not_ready(url: str) -> bool:
 
 
 def test_sigterm_lets_a_stream_finish_and_refuses_new_requests(tmp_path, small_model, api_token):
-    daphne = Daphne(tmp_path / "daphne.log", DRAIN_TIMEOUT_S="60")
+    server = WebServer(tmp_path / "web.log", DRAIN_TIMEOUT_S="60")
     try:
-        stream = Stream(daphne.url, api_token[1], _chat(small_model.id, 400))  # seconds: outlives the checks
+        stream = Stream(server.url, api_token[1], _chat(small_model.id, 400))  # seconds: outlives the checks
         assert stream.first.wait(60) and stream.error is None
-        daphne.process.send_signal(signal.SIGTERM)
-        assert wait_for(lambda: _not_ready(daphne.url), timeout=10)
-        refused = httpx.post(f"{daphne.url}/v1/chat/completions", json=_chat(small_model.id, 4), timeout=30,
+        server.process.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: _not_ready(server.url), timeout=10)
+        refused = httpx.post(f"{server.url}/v1/chat/completions", json=_chat(small_model.id, 4), timeout=30,
                              headers={"Authorization": f"Bearer {api_token[1]}"})  # fmt: skip
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
         assert int(refused.headers["Retry-After"]) == 60
         stream.join(120)
         assert stream.done and stream.error is None  # the whole answer, then [DONE]
-        assert daphne.process.wait(timeout=60) == 0
+        assert server.process.wait(timeout=60) == 0
     finally:
-        daphne.stop()
+        server.stop()
     row = UsageRecord.objects.get(request_id=stream.request_id)
     assert (row.status, row.completion_tokens) == ("completed", 400)
     assert not UsageRecord.objects.filter(status="started").exists()
 
 
 def test_past_the_drain_time_a_stream_is_cancelled_and_its_row_closed(tmp_path, small_model, api_token):
-    daphne = Daphne(tmp_path / "daphne.log", DRAIN_TIMEOUT_S="1")
+    server = WebServer(tmp_path / "web.log", DRAIN_TIMEOUT_S="1")
     try:
-        stream = Stream(daphne.url, api_token[1], _chat(small_model.id, 3000))  # far past one second
+        stream = Stream(server.url, api_token[1], _chat(small_model.id, 3000))  # far past one second
         assert stream.first.wait(60) and stream.error is None
-        daphne.process.send_signal(signal.SIGTERM)
-        assert daphne.process.wait(timeout=60) == 0
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
         stream.join(60)
     finally:
-        daphne.stop()
+        server.stop()
     row = UsageRecord.objects.get(request_id=stream.request_id)
     assert row.status == "cancelled" and 0 < row.completion_tokens < 3000
 
 
 def test_a_websocket_client_is_told_before_the_close(tmp_path, small_model, api_token):
-    daphne = Daphne(tmp_path / "daphne.log", DRAIN_TIMEOUT_S="60")
+    server = WebServer(tmp_path / "web.log", DRAIN_TIMEOUT_S="60")
 
     async def talk() -> tuple[list[dict], int | None]:
-        url = daphne.url.replace("http://", "ws://") + "/ws/v1/generate"
+        url = server.url.replace("http://", "ws://") + "/ws/v1/generate"
         frames: list[dict] = []
         async with connect(url, subprotocols=["karen.v1", f"bearer.{api_token[1]}"]) as ws:
             await ws.send(
@@ -110,7 +110,7 @@ def test_a_websocket_client_is_told_before_the_close(tmp_path, small_model, api_
                 frame = json.loads(await asyncio.wait_for(ws.recv(), timeout=60))
                 frames.append(frame)
                 if frame["type"] == "token" and len(frames) == 2:
-                    daphne.process.send_signal(signal.SIGTERM)
+                    server.process.send_signal(signal.SIGTERM)
                 if frame["type"] == "shutdown":
                     await ws.send(json.dumps({"type": "generate", "id": "g2", "model": small_model.id,
                                               "messages": [{"role": "user", "content": "Hi"}]}))  # fmt: skip
@@ -125,9 +125,9 @@ def test_a_websocket_client_is_told_before_the_close(tmp_path, small_model, api_
 
     try:
         frames, close_code = asyncio.run(talk())
-        assert daphne.process.wait(timeout=60) == 0
+        assert server.process.wait(timeout=60) == 0
     finally:
-        daphne.stop()
+        server.stop()
     kinds = [(f["type"], f.get("id")) for f in frames if f["type"] != "token"]
     assert ("shutdown", None) in kinds and kinds.index(("shutdown", None)) < kinds.index(("done", "g1"))
     refused = next(f for f in frames if f["type"] == "error" and f["id"] == "g2")

@@ -20,7 +20,7 @@ from django.conf import settings
 from websockets.asyncio.client import connect
 
 from models_app.server_api import ServerAPI
-from tests.conftest import Daphne
+from tests.conftest import WebServer
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def certificate(tmp_path):
                                                     x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .sign(key, hashes.SHA256())
     )  # fmt: skip
-    cert_path, key_path = tmp_path / "cert:with-colon.pem", tmp_path / "key.pem"  # a ':' the endpoint must escape
+    cert_path, key_path = tmp_path / "cert:with-colon.pem", tmp_path / "key.pem"  # a ':' in the path
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))  # fmt: skip
@@ -46,22 +46,19 @@ def certificate(tmp_path):
 
 @pytest.mark.django_db(transaction=True)
 def test_https_and_wss_with_the_certificate(tmp_path, certificate, small_model, api_token, settings):
-    from models_app.management.commands.serve import daphne_endpoint
-
     cert, key = certificate
     settings.TLS_CERT_FILE, settings.TLS_KEY_FILE = str(cert), str(key)
     trust = ssl.create_default_context(cafile=str(cert))
-    daphne = Daphne(tmp_path / "daphne.log", listen=daphne_endpoint("127.0.0.1", "{port}"), verify=trust,
-                    TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))  # fmt: skip
+    server = WebServer(tmp_path / "web.log", verify=trust, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
     try:
-        assert daphne.url.startswith("https://")
-        answer = httpx.get(f"{daphne.url}/admin/login/", verify=trust, timeout=30)
+        assert server.url.startswith("https://")
+        answer = httpx.get(f"{server.url}/admin/login/", verify=trust, timeout=30)
         assert answer.status_code == 200 and answer.headers["Strict-Transport-Security"].startswith("max-age=")
         with pytest.raises(httpx.HTTPError):  # the port speaks TLS only
-            httpx.get(daphne.url.replace("https://", "http://") + "/health", timeout=10)
+            httpx.get(server.url.replace("https://", "http://") + "/health", timeout=10)
 
         async def generate() -> dict:
-            url = daphne.url.replace("https://", "wss://") + "/ws/v1/generate"
+            url = server.url.replace("https://", "wss://") + "/ws/v1/generate"
             async with connect(url, ssl=trust, subprotocols=["karen.v1", f"bearer.{api_token[1]}"]) as ws:
                 await ws.send(json.dumps({"type": "generate", "id": "t", "model": small_model.id, "max_tokens": 4,
                                           "messages": [{"role": "user", "content": "Hi"}]}))  # fmt: skip
@@ -74,11 +71,11 @@ def test_https_and_wss_with_the_certificate(tmp_path, certificate, small_model, 
         assert frame["type"] == "done" and frame["usage"]["completion_tokens"] == 4
         # The worker's client trusts the server's own certificate (SERVER_CA_FILE defaults to it).
         settings.SERVER_CA_FILE = str(cert)
-        reply = ServerAPI(daphne.url, api_token[1]).chat(small_model.id, [{"role": "user", "content": "Hi"}],
+        reply = ServerAPI(server.url, api_token[1]).chat(small_model.id, [{"role": "user", "content": "Hi"}],
                                                          max_tokens=2)  # fmt: skip
         assert reply["usage"]["completion_tokens"] == 2
     finally:
-        daphne.stop()
+        server.stop()
 
 
 def _check_deploy(tmp_path, **env: str) -> subprocess.CompletedProcess:
@@ -112,3 +109,11 @@ def test_check_deploy_passes_with_the_certificate(tmp_path, certificate):
 def test_half_a_certificate_is_refused(tmp_path, certificate):
     result = _check_deploy(tmp_path, TLS_CERT_FILE=str(certificate[0]))
     assert result.returncode != 0 and "TLS_KEY_FILE" in result.stderr
+
+
+def test_web_server_refuses_an_unreadable_certificate_and_names_it(tmp_path, certificate):
+    environ = {**os.environ, "VAR_DIR": str(tmp_path), "TLS_CERT_FILE": str(tmp_path / "missing.pem"),
+               "TLS_KEY_FILE": str(certificate[1])}  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "karen_host.web", "--port", "1"], env=environ,
+                            cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 2 and "TLS_CERT_FILE" in result.stderr and "missing.pem" in result.stderr

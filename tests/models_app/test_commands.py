@@ -34,8 +34,8 @@ def test_scan_models_command_summarises(models_dir, bundled_gguf):
     assert "1 added" in out.getvalue()
 
 
-def test_serve_web_only_becomes_daphne_with_the_models_dir_it_was_given(tmp_path):
-    # A real `manage.py serve --web-only` on its own database: once prepared it execs daphne in its place
+def test_serve_web_only_becomes_the_web_server_with_the_models_dir_it_was_given(tmp_path):
+    # A real `manage.py serve --web-only` on its own database: once prepared it execs the web server in its place
     # (same pid, so signals and supervisors still reach the server), which serves the models dir it was given.
     import os
     import subprocess
@@ -65,7 +65,7 @@ def test_serve_web_only_becomes_daphne_with_the_models_dir_it_was_given(tmp_path
                 time.sleep(0.2)
         assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
         cmdline = (Path(f"/proc/{server.pid}/cmdline").read_bytes()).split(b"\0")
-        assert cmdline[1:3] == [b"-m", b"daphne"]
+        assert cmdline[1:3] == [b"-m", b"karen_host.web"]
         out = subprocess.run([*manage, "create_token", "t", "--scopes", "models:read"], env=env, capture_output=True,
                              text=True, check=True)  # fmt: skip
         secret = re.search(r"khk_\S+", out.stdout).group(0)

@@ -1,6 +1,6 @@
 """A small scale-out deployment on this machine: PostgreSQL, Redis, one web node, two inference nodes.
 
-The web node is `daphne` with INFERENCE_MODE=remote (a test may start a second one);
+The web node is `python -m karen_host.web` with INFERENCE_MODE=remote (a test may start a second one);
 each inference node is `manage.py runworker inference`. They share a PostgreSQL database this helper creates
 and drops, and a Redis database number of their own.
 """
@@ -83,9 +83,9 @@ class Cluster:
         self._spawn(name, argv, {"INFERENCE_NODE_NAME": name})
 
     def start_web(self, name: str = "web") -> str:
-        """Start a web node (daphne, remote mode) and return its URL; `web` is the one at `self.url`."""
+        """Start a web node (karen_host.web, remote mode) and return its URL; `web` is the one at `self.url`."""
         port = self.port if name == "web" else free_port()
-        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "karen_host.asgi:application"]
+        argv = [sys.executable, "-m", "karen_host.web", "--host", "127.0.0.1", "--port", str(port)]
         self._spawn(name, argv, {"INFERENCE_MODE": "remote"})
         url = f"http://127.0.0.1:{port}"
         self._wait(lambda: self._healthy(url), 60, f"{name} to answer /health")

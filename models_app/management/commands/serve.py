@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from karen_host.web import TLSFileError, tls_files
 from models_app.bundled import link_bundled_model
 from models_app.scanning import scan_models
 from models_app.schedules import ensure_default_schedules
@@ -74,11 +75,10 @@ class Command(BaseCommand):
         self.stdout.flush()
         sys.stdout.flush()
         sys.stderr.flush()
-        # daphne replaces this process (same pid, same signals), so the server does not carry what
+        # The web server replaces this process (same pid, same signals), so it does not carry what
         # preparing took: migrations, the scan's GGUF reader, the first-run work (about 15 MB).
         os.environ.update(MODELS_DIR=str(settings.MODELS_DIR), LOG_LEVEL=options["log_level"].upper())
-        os.execv(sys.executable, [sys.executable, "-m", "daphne", *_daphne_args(options["host"], options["port"],
-                                                                               options["log_level"])])  # fmt: skip
+        os.execv(sys.executable, [sys.executable, *_web_args(options["host"], options["port"], options["log_level"])])
 
     def _queue_startup_work(self) -> None:
         # The scan above ran before the worker existed; this one also catches files added
@@ -91,7 +91,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Queued a scan ({scan_id}) and the preload of `preload` models ({preload_id}).")
 
     def _run_with_worker_and_beat(self, options: dict[str, Any]) -> None:
-        """Run daphne, a Celery worker and beat as children with prefixed logs; stop all when one stops."""
+        """Run the web server, a Celery worker and beat as children with prefixed logs; stop all when one stops."""
         import honcho.manager
         from honcho.printer import Printer
 
@@ -104,7 +104,7 @@ class Command(BaseCommand):
             env["SERVER_URL"] = f"{_scheme()}://{address}:{port}"
         python = sys.executable
         commands = {
-            "web": [python, "-m", "daphne", *_daphne_args(host, port, level)],
+            "web": [python, *_web_args(host, port, level)],
             "worker": [python, "-m", "celery", "-A", "karen_host", "worker", "--loglevel", level],
             "beat": [python, "-m", "celery", "-A", "karen_host", "beat", "--loglevel", level],
         }  # fmt: skip
@@ -123,29 +123,14 @@ class Command(BaseCommand):
             sys.exit(manager.returncode)
 
 
-def _daphne_args(host: str, port: int, level: str) -> list[str]:
-    verbosity = "1" if level.upper() in ("DEBUG", "INFO") else "0"
-    return [*daphne_endpoint(host, port), "--verbosity", verbosity, "karen_host.asgi:application"]
+def _web_args(host: str, port: int, level: str) -> list[str]:
+    """`python -m karen_host.web` and where to listen; an unreadable TLS file fails here, before anything starts."""
+    try:
+        tls_files()
+    except TLSFileError as exc:
+        raise CommandError(str(exc)) from exc
+    return ["-m", "karen_host.web", "--host", host, "--port", str(port), "--log-level", level.upper()]
 
 
 def _scheme() -> str:
     return "https" if settings.TLS_CERT_FILE else "http"
-
-
-def daphne_endpoint(host: str, port: int) -> list[str]:
-    """daphne's arguments for where to listen: plain HTTP, or HTTPS and WSS with TLS_CERT_FILE and TLS_KEY_FILE."""
-    if not settings.TLS_CERT_FILE:
-        return ["--bind", host, "--port", str(port)]
-    for name in ("TLS_CERT_FILE", "TLS_KEY_FILE"):
-        if not Path(getattr(settings, name)).is_file():
-            raise CommandError(f"{name} is {getattr(settings, name)!r}, which is not a readable file (PEM).")
-
-    def escaped(value: str) -> str:  # twisted endpoint strings separate fields with ':'
-        return value.replace("\\", "\\\\").replace(":", "\\:")
-
-    where = f":interface={escaped(host)}" if host else ""
-    key, cert = (
-        escaped(str(Path(settings.TLS_KEY_FILE).resolve())),
-        escaped(str(Path(settings.TLS_CERT_FILE).resolve())),
-    )
-    return ["-e", f"ssl:port={port}{where}:privateKey={key}:certKey={cert}"]

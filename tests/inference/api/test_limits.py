@@ -210,19 +210,19 @@ def test_refusals_are_counted_in_metrics_and_never_billed(live, admin_user):
 
 @pytest.fixture
 def second_web_node(live_server_url, redis_limits, tmp_path):
-    """Another web server (daphne, its own process and engine) on the test database and the same Redis."""
+    """Another web server (karen_host.web, its own process and engine) on the test database and the same Redis."""
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{django_settings.DATABASES['default']['NAME']}",
            "REDIS_URL": REDIS_URL, "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING"}  # fmt: skip
-    log = tmp_path / "daphne.log"
+    log = tmp_path / "web.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "karen_host.asgi:application"],
+        [sys.executable, "-m", "karen_host.web", "--host", "127.0.0.1", "--port", str(port)],
         env=env, cwd=django_settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     if not wait_for(lambda: _answers(url), timeout=90):
         process.kill()
-        raise RuntimeError(f"daphne did not start: {log.read_text()[-2000:]}")
+        raise RuntimeError(f"the web server did not start: {log.read_text()[-2000:]}")
     yield url
     process.terminate()
     process.wait(timeout=20)

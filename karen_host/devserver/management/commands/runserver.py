@@ -1,0 +1,5 @@
+"""`manage.py runserver`: daphne's development server (ASGI: HTTP and websockets, static files)."""
+
+from daphne.management.commands.runserver import Command
+
+__all__ = ["Command"]

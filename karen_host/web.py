@@ -11,11 +11,15 @@ TLS_CERT_FILE and TLS_KEY_FILE make it serve HTTPS and WSS. SIGTERM or SIGINT dr
 
 import argparse
 import asyncio
+import importlib.abc
 import logging
 import os
 import signal
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 
 import uvicorn
 
@@ -97,9 +101,37 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+class WithoutPostgresExtras(importlib.abc.MetaPathFinder):
+    """Makes django.contrib.postgres unimportable, for a server whose database is not PostgreSQL.
+
+    DRF imports it, and psycopg with it (10 MB resident), only to map PostgreSQL-only model
+    fields, which no model here has and which no other database could store.
+    """
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname == "django.contrib.postgres" or fullname.startswith("django.contrib.postgres."):
+            raise ModuleNotFoundError(f"{fullname}: not on this database", name=fullname)
+        return None
+
+
+def skip_postgres_extras() -> bool:
+    """Before the app is imported: on a database other than PostgreSQL, leave django.contrib.postgres out."""
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        return False
+    if not any(isinstance(finder, WithoutPostgresExtras) for finder in sys.meta_path):
+        sys.meta_path.insert(0, WithoutPostgresExtras())
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "karen_host.settings")
     from django.conf import settings
+
+    skip_postgres_extras()
 
     parser = argparse.ArgumentParser(prog="python -m karen_host.web", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=settings.HOST)

@@ -1,7 +1,7 @@
 """Which prompt chunks a step takes (prefill.py): whole short prompts, and none kept waiting by others."""
 
 from inference.engine import Job, Sampling
-from inference.engine.prefill import PrefillPolicy
+from inference.engine.prefill import SHORT_PROMPTS_PER_STEP_TOKENS, PrefillPolicy
 from inference.engine.slots import QueuedItem, Slot, SlotRequest, new_stats
 
 
@@ -39,3 +39,29 @@ def test_short_prompts_go_in_whole_and_a_long_one_in_fixed_chunks_after_them():
     assert taken(policy, slots, room=64) == [(1, 40)]  # the long prompt's chunk does not fit beside it
     slots[1].request = None
     assert [taken(policy, slots, room=64) for _ in range(3)] == [[(0, 63)], [(0, 63)], [(0, 24)]]
+
+
+def test_short_prompts_that_arrive_together_go_in_a_few_per_step_in_slot_order():
+    # Eight 30-token prompts at once (KAREN's conversations after a turn they all ended together): in one
+    # step each would wait for all eight; a few per step, the first start decoding while the rest fill.
+    policy = PrefillPolicy(n_batch=512, n_parallel=8, stats=new_stats())
+    slots = [seated(Slot(i), 30, policy) for i in range(8)]
+    steps = []
+    while any(s.request.prompt_rest for s in slots):
+        steps.append(taken(policy, slots, room=policy.chunk))
+    assert steps == [[(0, 30), (1, 30)], [(2, 30), (3, 30)], [(4, 30), (5, 30)], [(6, 30), (7, 30)]]
+    assert all(sum(n for _, n in step) <= SHORT_PROMPTS_PER_STEP_TOKENS for step in steps)
+
+
+def test_tiny_prompts_share_a_step_and_one_kept_back_goes_before_newcomers():
+    policy = PrefillPolicy(n_batch=512, n_parallel=8, stats=new_stats())
+    slots = [Slot(i) for i in range(8)]
+    for i in (1, 2, 3, 4, 5):
+        seated(slots[i], 12, policy)
+    assert taken(policy, slots, room=policy.chunk) == [(1, 12), (2, 12), (3, 12), (4, 12), (5, 12)]  # 60 tokens
+    seated(slots[6], 40, policy)
+    seated(slots[7], 40, policy)
+    assert taken(policy, slots, room=policy.chunk) == [(6, 40)]
+    seated(slots[0], 40, policy)  # a newcomer in a lower slot: the prompt kept back goes first
+    assert taken(policy, slots, room=policy.chunk) == [(7, 40)]
+    assert taken(policy, slots, room=policy.chunk) == [(0, 40)]

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
 
 from inference.engine import JobHandle
@@ -87,8 +88,7 @@ async def drain(timeout_s: float) -> dict[str, int]:
     with _lock:
         sockets, total = list(_sockets), len(_running)
     logger.info("draining: %d generation(s) running, %d socket(s); up to %.0f s", total, len(sockets), timeout_s)
-    for socket in sockets:
-        await _quietly(socket.shutdown_notice(timeout_s))
+    await _each(socket.shutdown_notice(timeout_s) for socket in sockets)
     while _running_now() and time.monotonic() - started < timeout_s:
         await asyncio.sleep(0.05)
     left = _running_now()
@@ -97,8 +97,7 @@ async def drain(timeout_s: float) -> dict[str, int]:
     cancel_deadline = time.monotonic() + CANCEL_GRACE_S
     while _running_now() and time.monotonic() < cancel_deadline:
         await asyncio.sleep(0.05)
-    for socket in sockets:
-        await _quietly(socket.close(code=CLOSE_SHUTTING_DOWN, reason="server shutting down"))
+    await _each(socket.close(code=CLOSE_SHUTTING_DOWN, reason="server shutting down") for socket in sockets)
     close_deadline = time.monotonic() + CLOSE_GRACE_S  # the close frames leave before the server stops
     while _sockets_left() and time.monotonic() < close_deadline:
         await asyncio.sleep(0.05)
@@ -107,9 +106,18 @@ async def drain(timeout_s: float) -> dict[str, int]:
     return {"finished": total - len(left), "cancelled": len(left), "unended": unended}
 
 
-async def _quietly(step: Any) -> None:
+async def _each(steps: Iterable[Awaitable[None]]) -> None:
+    """Run every socket's step at once, each for at most CLOSE_GRACE_S.
+
+    A client that stopped reading (its send waits for room) must hold up neither the drain nor the
+    other sockets' frames.
+    """
+    await asyncio.gather(*(_quietly(step) for step in steps))
+
+
+async def _quietly(step: Awaitable[None]) -> None:
     try:
-        await step
+        await asyncio.wait_for(step, CLOSE_GRACE_S)
     except Exception:
         logger.debug("a socket could not be told about the drain", exc_info=True)
 

@@ -323,6 +323,10 @@ INFERENCE_MODE = env.str("INFERENCE_MODE", default="local")
 DISK_MIN_FREE_MB = env.int("DISK_MIN_FREE_MB", default=500)
 # On SIGTERM or SIGINT, running generations may finish for this long before they are cancelled.
 DRAIN_TIMEOUT_S = env.float("DRAIN_TIMEOUT_S", default=30.0)
+# The web server (karen_host/web.py) refuses a request line and headers longer than this (431), and
+# closes a connection whose request line and headers have not all arrived this long after they began (408).
+HTTP_MAX_HEAD_BYTES = env.int("HTTP_MAX_HEAD_BYTES", default=65536)
+HTTP_HEAD_TIMEOUT_S = env.float("HTTP_HEAD_TIMEOUT_S", default=30.0)
 KAREN_URL = env.str("KAREN_URL", default="")
 if INFERENCE_MODE not in ("local", "remote"):
     from django.core.exceptions import ImproperlyConfigured

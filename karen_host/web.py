@@ -22,10 +22,12 @@ from pathlib import Path
 from types import FrameType, ModuleType
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 logger = logging.getLogger(__name__)
 
 APP = "karen_host.asgi:application"
+LINGER_S = 2.0  # after refusing a request head, how long its connection drops what still arrives
 
 
 class TLSFileError(ValueError):
@@ -44,16 +46,106 @@ def tls_files() -> tuple[str, str] | None:
     return settings.TLS_CERT_FILE, settings.TLS_KEY_FILE
 
 
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds daphne's Twisted had: on the request head's size and time.
+
+    httptools gathers a header value by copying it again for each piece received, so one endless
+    header would hold the event loop, every client's stream with it; and a connection that sends half
+    a request head would be held forever. A head over HTTP_MAX_HEAD_BYTES gets 431, one not complete
+    HTTP_HEAD_TIMEOUT_S after it began gets 408; either way the connection closes.
+    """
+
+    _in_head = True  # what arrives is a request line and headers, not a body
+    _head_bytes = 0
+    _refused = False
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:  # read and dropped until the close, so the client gets the answer, not a reset
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            self._arm_head_timer()
+        super().data_received(data)
+        if self._in_head and self._head_bytes > _max_head_bytes() and not self.transport.is_closing():
+            self._refuse(431, "Request line and headers too large.")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head, self._head_bytes = True, 0  # whatever comes next starts a new request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(_head_timeout_s(), self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            self._refuse(408, "Request line and headers not received in time.")
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = message.encode()
+        self.transport.write(
+            STATUS_LINE[status]
+            + b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+            + b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )  # fmt: skip
+        self._refused = True
+        self._cancel_head_timer()
+        # Closing with the client's bytes unread would reset the connection, and the answer with it:
+        # end our side, drop what still arrives, and close a moment later.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+
+def _max_head_bytes() -> int:
+    from django.conf import settings
+
+    return settings.HTTP_MAX_HEAD_BYTES
+
+
+def _head_timeout_s() -> float:
+    from django.conf import settings
+
+    return settings.HTTP_HEAD_TIMEOUT_S
+
+
 def config(host: str, port: int, level: str) -> uvicorn.Config:
     """How the app is served; `level` is the log level, and INFO or DEBUG logs every request as daphne did."""
+    from django.conf import settings
+
     cert, key = tls_files() or (None, None)
     return uvicorn.Config(
         APP,
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
         ws="websockets-sansio",
+        ws_max_size=4 * settings.WS_MAX_FRAME_BYTES,  # the app refuses frames over WS_MAX_FRAME_BYTES with its error
+        timeout_keep_alive=75,  # idle keep-alive connections: longer than a load balancer's usual 60 s
+        timeout_graceful_shutdown=5,  # after the drain, for responses a client is not reading
         lifespan="off",  # Channels' router has no lifespan; the engine starts on first use
         log_config=None,  # Django's LOGGING stays in charge; uvicorn's loggers propagate to it
         log_level=level.lower(),
@@ -77,11 +169,14 @@ class DrainingServer(uvicorn.Server):
         await super().startup(sockets=sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        from inference import drain
-
         # Not recorded in _captured_signals: uvicorn would raise it again after the shutdown, and a
         # drained stop ends with status 0.
-        if drain.draining() or self._loop is None or self.should_exit:
+        if self._loop is None:  # before the app is loaded: nothing to drain
+            self.should_exit = self.force_exit = True
+            return
+        from inference import drain
+
+        if drain.draining() or self.should_exit:
             if drain.draining():
                 logger.warning("second %s: stopping now", signal.Signals(sig).name)
             self.should_exit = self.force_exit = True

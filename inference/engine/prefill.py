@@ -87,7 +87,6 @@ class PrefillPolicy:
             if len(chunk) > room or (
                 not is_long and short_tokens and short_tokens + len(chunk) > SHORT_PROMPTS_PER_STEP_TOKENS
             ):
-                request.passed_over = True
                 continue
             if is_long and (long_chunk or not long_ready):
                 continue
@@ -116,11 +115,11 @@ class PrefillPolicy:
             self.credit_s = 0.0
 
 
-def _order(request: SlotRequest) -> tuple[bool, bool]:
-    """The order prompts take a step's room in (the sort is stable: slot order otherwise).
+def _order(request: SlotRequest) -> tuple[bool, float]:
+    """The order prompts take a step's room in: short prompts (one chunk) before long ones, then by admission.
 
-    Short prompts (one chunk) before long ones: a short prompt's whole fill is its time to first
-    token. A prompt a step had no room for goes first in the next one, so requests coming and
-    going in lower slots cannot keep it waiting.
+    A short prompt's whole fill is its time to first token. Among prompts of a kind, the one seated
+    first goes first, so a prompt left out of a step (no room, or enough short ones already) is ahead
+    of everything seated after it: requests coming and going in lower slots cannot keep it waiting.
     """
-    return (request.long_prompt, not request.passed_over)
+    return (request.long_prompt, request.admitted_at)

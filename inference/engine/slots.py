@@ -56,7 +56,6 @@ class SlotRequest:
     max_tokens: int
     admitted_at: float
     long_prompt: bool = False  # longer than one chunk: filled in chunks, sharing the time with the streams
-    passed_over: bool = False  # a step left its prompt out (no room, or enough others): first next (prefill.py)
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     pending: str = ""
     logprobs: list[dict] = field(default_factory=list)  # entries of tokens whose text is not handed over yet

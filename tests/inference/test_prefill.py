@@ -1,14 +1,19 @@
 """Which prompt chunks a step takes (prefill.py): whole short prompts, and none kept waiting by others."""
 
+import itertools
+
 from inference.engine import Job, Sampling
 from inference.engine.prefill import SHORT_PROMPTS_PER_STEP_TOKENS, PrefillPolicy
 from inference.engine.slots import QueuedItem, Slot, SlotRequest, new_stats
 
+_seated = itertools.count()
+
 
 def seated(slot: Slot, prompt_tokens: int, policy: PrefillPolicy) -> Slot:
+    """`slot` with a request of `prompt_tokens` to fill, admitted after every one seated before it."""
     job = Job(model_id="m", kind="completion", prompt="x", sampling=Sampling())
     tokens = list(range(prompt_tokens))
-    slot.request = SlotRequest(QueuedItem(job, None, tokens, None), None, tokens, 8, 0.0,
+    slot.request = SlotRequest(QueuedItem(job, None, tokens, None), None, tokens, 8, float(next(_seated)),
                                long_prompt=policy.is_long(prompt_tokens))  # fmt: skip
     return slot
 
@@ -65,3 +70,15 @@ def test_tiny_prompts_share_a_step_and_one_kept_back_goes_before_newcomers():
     seated(slots[0], 40, policy)  # a newcomer in a lower slot: the prompt kept back goes first
     assert taken(policy, slots, room=policy.chunk) == [(7, 40)]
     assert taken(policy, slots, room=policy.chunk) == [(0, 40)]
+
+
+def test_a_stream_of_newcomers_in_lower_slots_cannot_keep_a_prompt_waiting():
+    # Slots 0-6 keep getting new 40-token prompts (one token each, then the next); slot 7's has waited
+    # longest, so it is in the next step whatever the lower slots hold.
+    policy = PrefillPolicy(n_batch=512, n_parallel=8, stats=new_stats())
+    slots = [seated(Slot(i), 40, policy) for i in range(8)]
+    for _ in range(7):
+        step = taken(policy, slots, room=policy.chunk)
+        for seq_id, _n in step:
+            seated(slots[seq_id], 40, policy)  # the same client's next request, seated after slot 7's
+    assert [seq_id for seq_id, _ in taken(policy, slots, room=policy.chunk)] == [7]

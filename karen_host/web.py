@@ -61,7 +61,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        from django.conf import settings
+
         super().connection_made(transport)
+        self._max_head_bytes, self._head_timeout_s = settings.HTTP_MAX_HEAD_BYTES, settings.HTTP_HEAD_TIMEOUT_S
         self._arm_head_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -71,7 +74,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             self._arm_head_timer()
         super().data_received(data)
-        if self._in_head and self._head_bytes > _max_head_bytes() and not self.transport.is_closing():
+        if self._in_head and self._head_bytes > self._max_head_bytes and not self.transport.is_closing():
             self._refuse(431, "Request line and headers too large.")
 
     def on_headers_complete(self) -> None:
@@ -89,7 +92,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(_head_timeout_s(), self._head_timed_out)
+            self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_timed_out)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -117,18 +120,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_later(LINGER_S, self.transport.close)
         else:
             self.transport.close()
-
-
-def _max_head_bytes() -> int:
-    from django.conf import settings
-
-    return settings.HTTP_MAX_HEAD_BYTES
-
-
-def _head_timeout_s() -> float:
-    from django.conf import settings
-
-    return settings.HTTP_HEAD_TIMEOUT_S
 
 
 def config(host: str, port: int, level: str) -> uvicorn.Config:

@@ -1,20 +1,16 @@
 """A token's limits (requests/min, tokens/min, requests in flight) on every generation endpoint, live."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 import redis
-from django.conf import settings as django_settings
 
 from inference.limits.admission import get_limiter, reset_limiter
 from models_app.models import APIToken, UsageRecord
 from models_app.services import issue_token
-from tests.conftest import _free_port, metric_samples, wait_for
+from tests.conftest import WebServer, metric_samples, wait_for
 from tests.inference.conftest import NO_EOS_BIAS
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
@@ -211,21 +207,9 @@ def test_refusals_are_counted_in_metrics_and_never_billed(live, admin_user):
 @pytest.fixture
 def second_web_node(live_server_url, redis_limits, tmp_path):
     """Another web server (karen_host.web, its own process and engine) on the test database and the same Redis."""
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": f"sqlite:///{django_settings.DATABASES['default']['NAME']}",
-           "REDIS_URL": REDIS_URL, "CELERY_BROKER_URL": "memory://", "LOG_LEVEL": "WARNING"}  # fmt: skip
-    log = tmp_path / "web.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "karen_host.web", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, cwd=django_settings.BASE_DIR, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    if not wait_for(lambda: _answers(url), timeout=90):
-        process.kill()
-        raise RuntimeError(f"the web server did not start: {log.read_text()[-2000:]}")
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+    server = WebServer(tmp_path / "web.log", REDIS_URL=REDIS_URL, CELERY_BROKER_URL="memory://")
+    yield server.url
+    server.stop()
 
 
 def test_two_web_servers_share_one_rpm_budget_in_redis(live, admin_user, second_web_node):

@@ -202,22 +202,55 @@ class WithoutPostgresExtras(importlib.abc.MetaPathFinder):
         return None
 
 
-def skip_postgres_extras() -> bool:
-    """Before the app is imported: on a database other than PostgreSQL, leave django.contrib.postgres out."""
+class WithoutRequestsForDrf(importlib.abc.MetaPathFinder):
+    """Refuses `requests` to DRF's compat module alone, which imports it (4.5 MB resident) for its test client.
+
+    `rest_framework.test.RequestsClient` is the only user, and no server runs it. Every other
+    importer (gguf's downloads, the OTLP exporter) still gets requests when it asks.
+    """
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname == "requests" and _importer() == "rest_framework.compat":
+            raise ModuleNotFoundError("requests: not for DRF's test client in a server", name=fullname)
+        return None
+
+
+def _importer() -> str | None:
+    """The name of the module whose import statement is running (the first frame outside importlib)."""
+    frame: FrameType | None = sys._getframe(2)  # 0: here, 1: find_spec
+    while frame is not None:
+        name = frame.f_globals.get("__name__")
+        if not (isinstance(name, str) and name.startswith(("importlib", "_frozen_importlib"))):
+            return name if isinstance(name, str) else None
+        frame = frame.f_back
+    return None
+
+
+def lean_imports() -> bool:
+    """Before the app is imported: leave out what a server never runs; True if django.contrib.postgres is out.
+
+    On a database other than PostgreSQL, django.contrib.postgres (and psycopg); everywhere,
+    DRF's import of requests (`WithoutRequestsForDrf`).
+    """
     from django.conf import settings
 
-    if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        return False
-    if not any(isinstance(finder, WithoutPostgresExtras) for finder in sys.meta_path):
-        sys.meta_path.insert(0, WithoutPostgresExtras())
-    return True
+    finders: list[importlib.abc.MetaPathFinder] = [WithoutRequestsForDrf()]
+    postgres = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    if not postgres:
+        finders.append(WithoutPostgresExtras())
+    for finder in finders:
+        if not any(type(present) is type(finder) for present in sys.meta_path):
+            sys.meta_path.insert(0, finder)
+    return not postgres
 
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "karen_host.settings")
     from django.conf import settings
 
-    skip_postgres_extras()
+    lean_imports()
 
     parser = argparse.ArgumentParser(prog="python -m karen_host.web", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=settings.HOST)

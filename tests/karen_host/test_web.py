@@ -14,27 +14,35 @@ from django.conf import settings
 _LEAN = """
 import os, sys
 os.environ["DJANGO_SETTINGS_MODULE"] = "karen_host.settings"
-from karen_host.web import skip_postgres_extras
-print(skip_postgres_extras())
+from karen_host.web import lean_imports
+print(lean_imports())
 import karen_host.asgi
 from django.urls import get_resolver
 get_resolver().url_patterns
 from rest_framework import compat
 print("psycopg" in sys.modules, compat.postgres_fields is None)
+print("requests" in sys.modules, compat.requests is None)
+import requests  # any other importer still gets it
+print(requests.get.__name__)
 """
 
 
 @pytest.mark.parametrize(
     ("database_url", "expected"),
-    [("", ["True", "False True"]), ("postgres://nobody@127.0.0.1:1/none", ["False", "True False"])],
+    [
+        ("", ["True", "False True", "False True", "get"]),
+        ("postgres://nobody@127.0.0.1:1/none", ["False", "True False", "False True", "get"]),
+    ],
 )
-def test_web_server_leaves_postgres_extras_out_on_another_database(tmp_path, database_url, expected):
-    environ = {**os.environ, "VAR_DIR": str(tmp_path), "DATABASE_URL": database_url}
+def test_web_server_leaves_out_postgres_extras_off_postgresql_and_requests_for_drf(tmp_path, database_url, expected):
+    # Without OTEL_*: tracing's OTLP exporter would import requests itself.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environ.update(VAR_DIR=str(tmp_path), DATABASE_URL=database_url)
     if not database_url:
         environ.pop("DATABASE_URL")
     result = subprocess.run([sys.executable, "-c", _LEAN], env=environ, cwd=settings.BASE_DIR, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
-    assert result.stdout.split("\n")[:2] == expected, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:4] == expected, result.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")

@@ -35,14 +35,25 @@ class CachedPrompt:
     state: ctypes.Array  # llama_state_seq_get_data of a sequence holding exactly `tokens`
 
 
+_PREFIX_STEP = 256
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two token lists."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
+    """Length of the common prefix of two token lists.
+
+    Compared a slice of _PREFIX_STEP at a time (in C), then token by token in the slice that
+    differs: a long shared prefix (a system prompt, a conversation) costs a few microseconds
+    per thousand tokens on the scheduler thread, where a Python loop over every token cost 20.
+    """
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i : i + _PREFIX_STEP] == b[i : i + _PREFIX_STEP]:
+        i += _PREFIX_STEP
+    for x, y in zip(a[i : i + _PREFIX_STEP], b[i : i + _PREFIX_STEP], strict=False):
         if x != y:
             break
-        n += 1
-    return n
+        i += 1
+    return min(i, n)
 
 
 class PromptCache:

@@ -17,6 +17,20 @@ def test_common_prefix():
     assert common_prefix([5], [1]) == 0
 
 
+def test_common_prefix_at_every_length_and_place_of_the_difference():
+    # Slices of 256 are compared at once: differences at, before and after their edges, and lists of
+    # every length around them, against the token-by-token definition.
+    for length in (0, 1, 255, 256, 257, 511, 512, 513, 1000):
+        base = list(range(length))
+        for other_length in {length, length + 1, max(0, length - 1), length + 300}:
+            other = base[:other_length] + list(range(length, other_length))
+            assert common_prefix(base, other) == common_prefix(other, base) == min(length, other_length)
+        for place in {0, 1, 254, 255, 256, 257, 300, 511, 512, 513, length - 1} - {-1}:
+            if place < length:
+                changed = [*base[:place], -1, *base[place + 1 :]]
+                assert common_prefix(base, changed) == common_prefix(changed, base) == place
+
+
 def test_best_is_the_longest_shared_prefix():
     cache = PromptCache(1000)
     cache.put([1, 2, 3, 4], state(10))

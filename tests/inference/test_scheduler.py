@@ -48,8 +48,13 @@ async def run(engine: LocalEngine, spec: ModelSpec, job: Job) -> tuple[str, Outc
 # 1.1: llama.cpp's sampler chain (penalties, then greedy); 1.0: the numpy argmax fast path.
 @pytest.mark.parametrize("repeat_penalty", [1.1, 1.0])
 async def test_eight_concurrent_greedy_requests_match_the_same_eight_one_by_one(engine_for, repeat_penalty):
+    # Together on a fresh engine: the first one's slots keep the one-by-one prompts whole, and a prompt found
+    # whole has only its last token decoded anew where a fresh one is computed in one piece (a near-tie can then
+    # go the other way, see the next test). On a fresh engine each pass reuses only the chat template's prefix.
     engine, spec = engine_for(n_parallel=8)
     alone = [await run(engine, spec, chat(spec, p, repeat_penalty=repeat_penalty)) for p in PROMPTS]
+    engine.pool.close()
+    engine, spec = engine_for(n_parallel=8)
     together = await asyncio.gather(*(run(engine, spec, chat(spec, p, repeat_penalty=repeat_penalty)) for p in PROMPTS))
     assert [text for text, _ in together] == [text for text, _ in alone]
     assert all(o.completion_tokens > 0 for _, o in together)
@@ -62,14 +67,19 @@ async def test_with_the_prompt_cache_batched_results_still_match_one_by_one(engi
     # computed in one piece; like llama.cpp's server (cache_prompt), a near-tie can then go the other
     # way, so the equality holds between runs that find the same cache state: here every prompt is
     # cached by a first pass, then runs alone and together on its cached KV.
-    engine, spec = engine_for(n_parallel=8, prompt_cache_mb=64)
+    # Four slots for eight prompts: at any time four of them are in the cache, not in a slot.
+    engine, spec = engine_for(n_parallel=4, prompt_cache_mb=64)
     for p in PROMPTS:
         await run(engine, spec, chat(spec, p))
+    worker = engine.pool.get(spec.model_id).worker
+    reused = worker.stats["prefix_tokens_reused"]
     alone = [await run(engine, spec, chat(spec, p)) for p in PROMPTS]
+    # Each prompt of the one-by-one pass found all but its last token: in a slot, or restored from the cache.
+    lengths = [len(worker.runner.tokenize_prompt(chat(spec, p))) for p in PROMPTS]
+    assert worker.stats["prefix_tokens_reused"] - reused == sum(n - 1 for n in lengths)
     together = await asyncio.gather(*(run(engine, spec, chat(spec, p)) for p in PROMPTS))
     assert [text for text, _ in together] == [text for text, _ in alone]
-    stats = engine.pool.get(spec.model_id).worker.stats
-    assert stats["prompt_cache_hits"] >= len(PROMPTS) - 1  # the one-by-one pass restored all but the last
+    assert worker.stats["prompt_cache_hits"] >= 4  # the four in the cache when the one-by-one pass began, at least
 
 
 async def test_a_prompt_that_lost_its_slot_comes_back_from_the_prompt_cache(engine_for):
@@ -224,24 +234,46 @@ async def test_a_batch_smaller_than_the_slot_count_still_serves_every_slot(small
         pool.close()
 
 
-async def test_requests_take_the_lowest_free_slots_and_a_free_slots_kv_is_copied_where_needed(engine_for):
+async def test_busy_slots_stay_consecutive_and_a_request_goes_where_it_drops_least_kv(engine_for):
     # llama.cpp decodes a per-slot KV cache's sequences in one ubatch only when their ids are
-    # consecutive: requests must sit in slots 0..k-1, never spread out.
+    # consecutive: the busy slots must never spread out. Among the slots that keep them together, a
+    # request goes where it drops the fewest KV tokens, then where it keeps the most.
     engine, spec = engine_for(n_parallel=4, prompt_cache_mb=0)
     jobs = [chat(spec, "Describe a cat."), chat(spec, "Tell me about rivers.")]
-    results = await asyncio.gather(*(run(engine, spec, job) for job in jobs))
+    await asyncio.gather(*(run(engine, spec, job) for job in jobs))
     worker = engine.pool.get(spec.model_id).worker
     assert [bool(slot.cached) for slot in worker.slots] == [True, True, False, False]
-    # The request that ran in slot 1 comes again: it goes to slot 0, with slot 1's KV copied there.
-    in_slot_1 = next(
-        i for i, job in enumerate(jobs) if worker.slots[1].cached[: results[i][1].prompt_tokens]
-        == worker.runner.tokenize_prompt(job)
-    )  # fmt: skip
-    copies = worker.stats["slot_copies"]  # the second may have copied the first's system prompt, busy or not
-    again = await run(engine, spec, chat(spec, jobs[in_slot_1].messages[0]["content"]))
-    assert worker.stats["slot_copies"] == copies + 1
-    assert again[0] == results[in_slot_1][0]
+    prompts = [worker.runner.tokenize_prompt(job) for job in jobs]
+    in_slot = {seq_id: next(i for i, p in enumerate(prompts) if worker.slots[seq_id].cached[: len(p)] == p)
+               for seq_id in (0, 1)}  # fmt: skip
+    # Slot 1's conversation goes on (its KV and more tokens, as a raw prompt): back to slot 1, where it drops
+    # nothing and keeps all of it; nothing copied.
+    held = list(worker.slots[1].cached)
+    copies, reused = worker.stats["slot_copies"], worker.stats["prefix_tokens_reused"]
+    more = worker.runner.model.tokenize(b" And then?", add_bos=False, special=False)
+    goes_on = Job(model_id=spec.model_id, kind="completion", prompt_tokens=held + more,
+                  sampling=Sampling(temperature=0.0, max_tokens=4))  # fmt: skip
+    assert (await run(engine, spec, goes_on))[1].status == "completed"
+    assert worker.stats["slot_copies"] == copies
+    assert worker.stats["prefix_tokens_reused"] == reused + len(held)
+    assert worker.slots[1].cached[: len(held) + len(more)] == held + more
     assert [bool(slot.cached) for slot in worker.slots] == [True, True, False, False]
+    # A new prompt while nothing runs takes an empty slot, not one whose own tokens it would drop.
+    counting = "Count to a thousand, one number on each line, and do not stop before you reach one thousand."
+    stream = await engine.submit(spec, chat(spec, counting, max_tokens=3000, logit_bias=NO_EOS))
+    events = stream.events()
+    assert isinstance(await anext(events), Token)
+    assert [slot.seq_id for slot in worker.slots if slot.request] == [2]
+    # Beside it, slot 0's request again: slots 1 and 3 keep the busy ones consecutive; 3 drops nothing, so
+    # slot 0's KV is copied there.
+    copies = worker.stats["slot_copies"]
+    text, outcome = await run(engine, spec, jobs[in_slot[0]])
+    stream.cancel()
+    assert [e async for e in events][-1].status == "cancelled"
+    assert outcome.status == "completed" and text
+    assert worker.stats["slot_copies"] == copies + 1
+    prompt = prompts[in_slot[0]]
+    assert worker.slots[3].cached[: len(prompt)] == prompt == worker.slots[0].cached[: len(prompt)]
 
 
 async def test_a_long_prompt_fills_in_fixed_chunks_and_leaves_the_streams_their_share(engine_for):

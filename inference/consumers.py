@@ -194,7 +194,7 @@ class GenerateConsumer(AsyncWebsocketConsumer):
             # A `cancel` before admission: nothing ran or was billed, and the generation still
             # ends with its one `done` (on a disconnect there is nobody to tell).
             with contextlib.suppress(Exception):
-                nothing = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+                nothing = flow.usage_body(Outcome("cancelled", "cancelled"))
                 await self.send_json({"type": "done", "id": request.id, "finish_reason": "cancelled", "usage": nothing})
             return
         except Exception as exc:

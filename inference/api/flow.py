@@ -325,11 +325,13 @@ def _stream(body: AsyncIterator[str], content_type: str, request_id: str) -> Str
     return response
 
 
-def usage_body(outcome: Outcome) -> dict[str, int]:
+def usage_body(outcome: Outcome) -> dict[str, Any]:
+    """Token counts as OpenAI reports them; `cached_tokens`: prompt tokens whose KV was reused, not computed."""
     return {
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
         "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": outcome.cached_tokens},
     }
 
 

@@ -103,6 +103,7 @@ class Outcome:
     finish_reason: FinishReason
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt's tokens, those whose KV was reused rather than computed
     time_to_first_token_ms: float | None = None
     duration_ms: float = 0.0
     queue_ms: float = 0.0  # from entering the model's queue until a slot took the request (or it left)

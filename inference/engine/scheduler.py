@@ -364,6 +364,7 @@ class BatchScheduler:
             item=item,
             sampler=item.sampler,
             long_prompt=long_prompt,
+            cached_tokens=keep,
             prompt_rest=item.tokens[keep:],
             max_tokens=min(item.job.sampling.max_tokens, self.runner.n_ctx_slot - len(item.tokens)),
             admitted_at=admitted_at,
@@ -477,6 +478,7 @@ class BatchScheduler:
                 finish_reason=finish_reason,
                 prompt_tokens=len(request.item.tokens),
                 completion_tokens=request.produced,
+                cached_tokens=request.cached_tokens,
                 time_to_first_token_ms=round((first_at - job.submitted_at_perf) * 1000, 2)
                 if request.first_at
                 else None,

@@ -56,6 +56,7 @@ class SlotRequest:
     max_tokens: int
     admitted_at: float
     long_prompt: bool = False  # longer than one chunk: filled in chunks, sharing the time with the streams
+    cached_tokens: int = 0  # prompt tokens whose KV was reused (its slot's, another's, the prompt cache's)
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     pending: str = ""
     logprobs: list[dict] = field(default_factory=list)  # entries of tokens whose text is not handed over yet

@@ -42,6 +42,21 @@ def test_chat_stream_ends_with_usage_when_asked(openai_client, live):
     assert UsageRecord.objects.get().completion_tokens == chunks[-1].usage.completion_tokens
 
 
+def test_usage_says_how_many_prompt_tokens_were_cached(openai_client, live):
+    # The same prompt twice: the second finds the first's KV (in a slot or the prompt cache) and computes
+    # only its last token again; the first, never sent before, found less.
+    messages = [{"role": "user", "content": "Which prompt tokens were cached, and how many? A unique question 7"}]
+    first = openai_client.chat.completions.create(model=live[2], messages=messages, max_tokens=2, temperature=0)
+    again = openai_client.chat.completions.create(
+        model=live[2], messages=messages, max_tokens=2, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    usage = list(again)[-1].usage
+    assert usage.prompt_tokens == first.usage.prompt_tokens
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
+    assert first.usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens_details.cached_tokens
+
+
 def test_stream_and_plain_give_the_same_greedy_text(openai_client, live):
     kwargs = {"model": live[2], "messages": CHAT, "max_tokens": 12, "temperature": 0, "seed": 7}
     plain = openai_client.chat.completions.create(**kwargs).choices[0].message.content

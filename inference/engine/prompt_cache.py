@@ -18,7 +18,7 @@ import ctypes
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from inference.engine.llama_runner import LlamaRunner
 
@@ -112,6 +112,33 @@ class PromptCache:
 class KVSlot(Protocol):
     seq_id: int
     cached: list[int]  # tokens whose KV the slot's sequence holds
+
+
+S = TypeVar("S", bound=KVSlot)
+
+
+def choose_slot(free: list[S], tokens: list[int], *, busy: set[int]) -> S:
+    """The free slot for a prompt: busy slots kept consecutive, then fewest KV tokens dropped, then most kept.
+
+    `busy`: the seq ids of the slots holding a request. Consecutive first: llama.cpp decodes
+    only consecutive sequences of a per-slot KV cache in one ubatch, so requests in slots 0 and
+    2 cost two passes over the weights per step where slots 0 and 1 cost one. Then the slot whose
+    KV past the prompt's prefix is shortest (fewer than STASH_MIN_TOKENS count as none, as for
+    the prompt cache): a new prompt takes an empty slot before one whose KV another conversation
+    may come back for, as llama.cpp's server takes its least recently used slot, and copies a
+    shared prefix from where it is. Then the longest prefix already in place: a conversation's
+    next turn goes back to its own slot. Ties go to the lowest.
+    """
+    limit = len(tokens) - 1  # at least one prompt token is always decoded anew
+
+    def cost(slot: S) -> tuple[int, int, int, int]:
+        taken = busy | {slot.seq_id}
+        runs = sum(1 for seq_id in taken if seq_id - 1 not in taken)
+        kept = min(common_prefix(slot.cached, tokens), limit)
+        dropped = len(slot.cached) - kept
+        return runs, dropped if dropped >= STASH_MIN_TOKENS else 0, -kept, slot.seq_id
+
+    return min(free, key=cost)
 
 
 class PrefixReuse:

@@ -4,7 +4,7 @@ Each step puts one token from every generating slot into a single batch, fills t
 rest with prompt chunks of newly admitted requests (which and when: prefill.py), decodes
 once, and samples each slot with its own sampler.
 A finished or cancelled slot is free at the next step. A new request takes a free slot
-that keeps the busy slots consecutive and drops the least KV (`_choose`), and reuses the longest KV
+that keeps the busy slots consecutive and drops the least KV (`choose_slot`), and reuses the longest KV
 prefix at hand: the slot's own, another free slot's, or the host-memory prompt cache's
 (prompt_cache.py), where a slot's KV goes before a new request overwrites it.
 
@@ -25,7 +25,7 @@ from inference.engine.fair_queue import LANES, FairQueue, owner_limit
 from inference.engine.jobs import Job, JobHandle, Outcome, Token, batched_handoffs
 from inference.engine.llama_runner import LlamaRunner, Prepared
 from inference.engine.prefill import Fill, PrefillPolicy
-from inference.engine.prompt_cache import STASH_MIN_TOKENS, PrefixReuse, PromptCache, common_prefix
+from inference.engine.prompt_cache import PrefixReuse, PromptCache, choose_slot, common_prefix
 from inference.engine.slots import (
     QueuedItem,
     QueueFull,
@@ -275,12 +275,12 @@ class BatchScheduler:
                 self._end_waiting(item, Outcome("timeout", "error", error=message, error_code="queue_timeout", **spent))
 
     def _admit(self) -> None:
-        """Give each waiting request (in the fair queue's order) a free slot (`_choose`) and the longest prefix at hand.
+        """Give each waiting request (in the fair queue's order) a free slot (`choose_slot`) and the longest prefix.
 
-        The prefix comes from the slot itself, from another slot
-        (free or busy) or from the prompt cache, whichever shares most of the prompt; a slot about to
-        lose tokens to a request that does not share them is copied into the prompt cache. A request
-        whose prefix a prompt being filled will soon hold waits for that fill (`_may_seat`).
+        The prefix comes from the slot itself, from another slot (free or busy) or from the prompt
+        cache, whichever shares most of the prompt; a slot about to lose tokens to a request that does
+        not share them is copied into the prompt cache. A request whose prefix a prompt being filled
+        will soon hold waits for that fill (`_may_seat`).
         """
         while self._waiting:
             free = [slot for slot in self.slots if slot.request is None]
@@ -292,7 +292,7 @@ class BatchScheduler:
             item = self._waiting.pop_first(functools.partial(self._may_seat, coming=coming))
             if item is None:
                 return
-            slot = self._choose(free, item.tokens)
+            slot = choose_slot(free, item.tokens, busy={s.seq_id for s in self.slots if s.request})
             try:
                 # Every other slot may lend its prefix, busy ones too (a sibling choice, a shared system prompt):
                 # the copy reads the donor's sequence and leaves it as it is.
@@ -305,30 +305,6 @@ class BatchScheduler:
                 failed = Outcome("error", "error", prompt_tokens=len(item.tokens),
                                  error=f"admission failed: {exc}", error_code="engine_error")  # fmt: skip
                 self._end_waiting(item, failed)
-
-    def _choose(self, free: list[Slot], tokens: list[int]) -> Slot:
-        """The free slot for a prompt: busy slots kept consecutive, then fewest KV tokens dropped, then most kept.
-
-        Consecutive first: llama.cpp decodes only consecutive sequences of a per-slot KV cache in
-        one ubatch, so requests in slots 0 and 2 cost two passes over the weights per step where
-        slots 0 and 1 cost one. Then the slot whose KV past the prompt's prefix is shortest (fewer
-        than STASH_MIN_TOKENS count as none, as for the prompt cache): a new prompt takes an empty
-        slot before one whose KV another conversation may come back for, as llama.cpp's server
-        takes its least recently used slot, and copies a shared prefix from where it is. Then the
-        longest prefix already in place: a conversation's next turn goes back to its own slot.
-        Ties go to the lowest.
-        """
-        busy = {slot.seq_id for slot in self.slots if slot.request}
-        limit = len(tokens) - 1  # at least one prompt token is always decoded anew
-
-        def cost(slot: Slot) -> tuple[int, int, int, int]:
-            taken = busy | {slot.seq_id}
-            runs = sum(1 for seq_id in taken if seq_id - 1 not in taken)
-            kept = min(common_prefix(slot.cached, tokens), limit)
-            dropped = len(slot.cached) - kept
-            return runs, dropped if dropped >= STASH_MIN_TOKENS else 0, -kept, slot.seq_id
-
-        return min(free, key=cost)
 
     def _may_seat(self, item: QueuedItem, *, coming: list[list[int]]) -> bool:
         """False while a prompt being filled will soon hold a longer prefix of `item`'s: it waits to copy it."""

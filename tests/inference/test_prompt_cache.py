@@ -2,7 +2,7 @@
 
 import ctypes
 
-from inference.engine.prompt_cache import PrefixReuse, PromptCache, common_prefix
+from inference.engine.prompt_cache import STASH_MIN_TOKENS, PrefixReuse, PromptCache, choose_slot, common_prefix
 from inference.engine.slots import Slot, new_stats
 
 
@@ -89,3 +89,45 @@ def test_a_request_waits_only_for_a_fill_that_brings_it_enough_more_than_it_has(
     reuse = PrefixReuse(None, PromptCache(0), new_stats())
     assert reuse.worth_waiting(list(range(66)), [Slot(1)], coming=[list(range(200))])
     assert not reuse.worth_waiting(list(range(64)), [Slot(1)], coming=[list(range(200))])
+
+
+def _slots(*contents: list[int]) -> list[Slot]:
+    return [Slot(i, list(tokens)) for i, tokens in enumerate(contents)]
+
+
+def test_choose_slot_keeps_the_busy_slots_consecutive_first():
+    # Slot 3 holds this very prompt, but slots 1 and 2 are busy: only 0 and 3 keep them together, and
+    # 5 (empty) would split them.
+    prompt = list(range(100))
+    slots = _slots(list(range(500, 600)), [], [], prompt, [], [])
+    free = [slots[0], slots[3], slots[4], slots[5]]
+    assert choose_slot(free, prompt, busy={1, 2}).seq_id == 3
+    assert choose_slot(free, [7, 8, 9], busy={1, 2}).seq_id == 0  # drops 100 tokens, as slot 3 would: the lower
+    assert choose_slot([slots[0], slots[4], slots[5]], prompt, busy={1, 2, 3}).seq_id == 4  # empty, beside 3
+    # Slots 0 and 2 busy: slot 1 closes the gap, whatever it holds.
+    assert choose_slot([slots[1], slots[3], slots[4]], [9] * 50, busy={0, 2}).seq_id == 1
+
+
+def test_choose_slot_takes_an_empty_slot_before_dropping_another_request_s_kv():
+    system = list(range(24))  # a chat template's opening, shared by every prompt
+    earlier = system + list(range(1000, 1040))
+    slots = _slots(earlier, [], [])
+    assert choose_slot(slots, system + list(range(2000, 2010)), busy=set()).seq_id == 1
+    # Every slot holds something: the one that drops the fewest tokens.
+    slots = _slots(earlier, system + list(range(3000, 3100)), system + list(range(4000, 4020)))
+    assert choose_slot(slots, [*system, 5], busy=set()).seq_id == 2
+
+
+def test_choose_slot_sends_a_conversation_back_to_its_own_slot():
+    system = list(range(24))
+    turn_one = system + list(range(1000, 1200))
+    next_turn = turn_one + list(range(5000, 5030))
+    slots = _slots(system + list(range(3000, 3040)), [], turn_one, [])
+    assert choose_slot(slots, next_turn, busy=set()).seq_id == 2
+    # Dropping fewer than STASH_MIN_TOKENS counts as dropping none: a repeated prompt whose answer
+    # differs from the slot's in its last tokens still goes back there rather than to an empty slot.
+    answered = turn_one + [7] * (STASH_MIN_TOKENS - 1)
+    slots = _slots([], answered)
+    assert choose_slot(slots, [*turn_one, 8], busy=set()).seq_id == 1
+    slots = _slots([], turn_one + [7] * (STASH_MIN_TOKENS + 1))
+    assert choose_slot(slots, [*turn_one, 8], busy=set()).seq_id == 0

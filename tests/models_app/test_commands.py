@@ -18,13 +18,27 @@ def test_create_token_prints_a_working_secret(admin_user, small_model):
     assert token.matches(secret) and token.scopes == ["inference"]
 
 
-def test_serve_prepares_once_and_prints_secrets_only_the_first_time(models_dir, bundled_gguf, settings):
+def test_serve_prepares_once_and_prints_secrets_only_the_first_time(models_dir, bundled_gguf, settings, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
     first, second = io.StringIO(), io.StringIO()
-    call_command("serve", "--no-serve", "--models-dir", str(models_dir), stdout=first)
-    call_command("serve", "--no-serve", "--models-dir", str(models_dir), stdout=second)
+    call_command("serve", "--no-serve", "--models-dir", str(elsewhere), stdout=first)
+    assert models_dir == settings.MODELS_DIR  # --models-dir is passed on, never written into settings
+    assert f"Models in {elsewhere}: 1 added" in first.getvalue()
+    call_command("serve", "--no-serve", "--models-dir", str(elsewhere), stdout=second)
     assert "Password:" in first.getvalue() and "khk_" in first.getvalue()
     assert "Password:" not in second.getvalue() and "khk_" not in second.getvalue()
     assert LLMModel.objects.get().status == "available"
+
+
+def test_the_scan_serve_queues_looks_at_the_directory_it_was_given(models_dir, bundled_gguf, tmp_path):
+    from models_app.tasks import scan_models as scan_models_task
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "m.gguf").symlink_to(bundled_gguf)
+    assert scan_models_task(str(elsewhere))["added"] == ["m"]  # run as the worker (or an eager Celery) runs it
+    assert Path(LLMModel.objects.get().source_path).parent == elsewhere
+    assert scan_models_task()["added"] == []  # the schedule's scan: MODELS_DIR, empty here
 
 
 def test_scan_models_command_summarises(models_dir, bundled_gguf):

@@ -39,16 +39,17 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         logging.getLogger().setLevel(options["log_level"].upper())
-        settings.MODELS_DIR = Path(options["models_dir"]).resolve()
+        # Given on to everything this starts (the scan, the web server, the worker), never written into settings.
+        models_dir = Path(options["models_dir"]).resolve()
         call_command("migrate", interactive=False, verbosity=0)
         # Nothing is in flight before the server starts: rows still `started` were cut off.
         if closed := close_interrupted_usage():
             self.stdout.write(f"Closed {closed} usage row(s) left open by a previous run as interrupted.")
-        link_bundled_model(settings.MODELS_DIR)
-        report = scan_models(settings.MODELS_DIR)
+        link_bundled_model(models_dir)
+        report = scan_models(models_dir)
         for line in report.messages:
             self.stdout.write(self.style.WARNING(line))
-        self.stdout.write(f"Models in {settings.MODELS_DIR}: {report.summary()}")
+        self.stdout.write(f"Models in {models_dir}: {report.summary()}")
         if created := bootstrap_first_run():
             username, password, secret = created
             self.stdout.write(
@@ -67,9 +68,9 @@ class Command(BaseCommand):
             self.stdout.write(f"Created the default schedules: {', '.join(schedules)} (edit them in the admin).")
         if options["no_serve"]:
             return
-        self._queue_startup_work()
+        self._queue_startup_work(models_dir)
         if not options["web_only"]:
-            self._run_with_worker_and_beat(options)
+            self._run_with_worker_and_beat(options, models_dir)
             return
         self.stdout.write(f"Serving on {_scheme()}://{options['host']}:{options['port']}/ (Ctrl-C stops)")
         self.stdout.flush()
@@ -77,26 +78,26 @@ class Command(BaseCommand):
         sys.stderr.flush()
         # The web server replaces this process (same pid, same signals), so it does not carry what
         # preparing took: migrations, the scan's GGUF reader, the first-run work (about 15 MB).
-        os.environ.update(MODELS_DIR=str(settings.MODELS_DIR), LOG_LEVEL=options["log_level"].upper())
+        os.environ.update(MODELS_DIR=str(models_dir), LOG_LEVEL=options["log_level"].upper())
         os.execv(sys.executable, [sys.executable, *_web_args(options["host"], options["port"], options["log_level"])])
 
-    def _queue_startup_work(self) -> None:
+    def _queue_startup_work(self, models_dir: Path) -> None:
         # The scan above ran before the worker existed; this one also catches files added
         # while the server starts, and shows in the log that the worker is consuming.
         try:
-            scan_id, preload_id = enqueue(scan_models_task), enqueue(preload_models_task)
+            scan_id, preload_id = enqueue(scan_models_task, str(models_dir)), enqueue(preload_models_task)
         except BrokerUnavailable as exc:
             self.stderr.write(self.style.WARNING(f"Background work not queued: {exc}"))
             return
         self.stdout.write(f"Queued a scan ({scan_id}) and the preload of `preload` models ({preload_id}).")
 
-    def _run_with_worker_and_beat(self, options: dict[str, Any]) -> None:
+    def _run_with_worker_and_beat(self, options: dict[str, Any], models_dir: Path) -> None:
         """Run the web server, a Celery worker and beat as children with prefixed logs; stop all when one stops."""
         import honcho.manager
         from honcho.printer import Printer
 
         host, port, level = options["host"], options["port"], options["log_level"].upper()
-        env = {**os.environ, "MODELS_DIR": str(settings.MODELS_DIR), "LOG_LEVEL": level}
+        env = {**os.environ, "MODELS_DIR": str(models_dir), "LOG_LEVEL": level}
         default_url = f"http://127.0.0.1:{settings.PORT}"
         if default_url == settings.SERVER_URL:  # not set: follow --host and --port
             reachable = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

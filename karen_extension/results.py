@@ -22,7 +22,7 @@ class StreamEnd:
 
     model: str | None
     finish_reason: str | None
-    usage: dict[str, int] | None = None
+    usage: dict[str, Any] | None = None
     timings: dict[str, float] | None = None
 
 
@@ -36,7 +36,7 @@ class GenerationResult:
     status: str  # "success" | "fallback"
     text: str
     model: str | None
-    usage: dict[str, int] | None
+    usage: dict[str, Any] | None
     fallback_used: bool
     transport: str  # "http" (one JSON body), "sse" or "websocket"
     finish_reason: str | None = None

@@ -5,7 +5,6 @@ so a task never reads as the service of the same name, and queue them with `enqu
 """
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from celery import Task, shared_task
@@ -60,9 +59,9 @@ def enqueue(task: Task, *args: Any) -> str:
 
 
 @shared_task
-def scan_models(directory: str | None = None) -> dict[str, Any]:
-    """Bring the registry in line with MODELS_DIR (or `directory`): the scheduled scan, also run on demand."""
-    report = scan_models_exclusively(Path(directory) if directory else None)
+def scan_models() -> dict[str, Any]:
+    """Bring the registry in line with MODELS_DIR: the scheduled scan, also run on demand."""
+    report = scan_models_exclusively()
     if report is None:
         logger.info("scan skipped: another scan is still running")
         return {"skipped": "another scan is still running"}

@@ -30,15 +30,16 @@ def test_serve_prepares_once_and_prints_secrets_only_the_first_time(models_dir, 
     assert LLMModel.objects.get().status == "available"
 
 
-def test_the_scan_serve_queues_looks_at_the_directory_it_was_given(models_dir, bundled_gguf, tmp_path):
-    from models_app.tasks import scan_models as scan_models_task
+@pytest.mark.parametrize("eager", [False, True])
+def test_serve_queues_the_startup_scan_for_the_worker_but_not_under_an_eager_celery(models_dir, settings, eager):
+    # Eager, the scan would run in serve's own process on settings' MODELS_DIR, not on --models-dir;
+    # serve has just scanned that directory itself.
+    from models_app.management.commands.serve import Command
 
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "m.gguf").symlink_to(bundled_gguf)
-    assert scan_models_task(str(elsewhere))["added"] == ["m"]  # run as the worker (or an eager Celery) runs it
-    assert Path(LLMModel.objects.get().source_path).parent == elsewhere
-    assert scan_models_task()["added"] == []  # the schedule's scan: MODELS_DIR, empty here
+    settings.CELERY_TASK_ALWAYS_EAGER = eager
+    out = io.StringIO()
+    Command(stdout=out)._queue_startup_work()
+    assert out.getvalue().startswith("Queued the preload" if eager else "Queued a scan (")
 
 
 def test_scan_models_command_summarises(models_dir, bundled_gguf):

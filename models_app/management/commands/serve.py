@@ -68,7 +68,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Created the default schedules: {', '.join(schedules)} (edit them in the admin).")
         if options["no_serve"]:
             return
-        self._queue_startup_work(models_dir)
+        self._queue_startup_work()
         if not options["web_only"]:
             self._run_with_worker_and_beat(options, models_dir)
             return
@@ -81,15 +81,19 @@ class Command(BaseCommand):
         os.environ.update(MODELS_DIR=str(models_dir), LOG_LEVEL=options["log_level"].upper())
         os.execv(sys.executable, [sys.executable, *_web_args(options["host"], options["port"], options["log_level"])])
 
-    def _queue_startup_work(self, models_dir: Path) -> None:
-        # The scan above ran before the worker existed; this one also catches files added
-        # while the server starts, and shows in the log that the worker is consuming.
+    def _queue_startup_work(self) -> None:
+        # The scan above ran before the worker existed; this one, in the worker (whose MODELS_DIR is
+        # the directory given here), also catches files added while the server starts, and shows in
+        # the log that the worker is consuming. An eager Celery would run it in this process, on
+        # settings' MODELS_DIR instead of --models-dir: the scan above is enough then.
         try:
-            scan_id, preload_id = enqueue(scan_models_task, str(models_dir)), enqueue(preload_models_task)
+            scan_id = None if settings.CELERY_TASK_ALWAYS_EAGER else enqueue(scan_models_task)
+            preload_id = enqueue(preload_models_task)
         except BrokerUnavailable as exc:
             self.stderr.write(self.style.WARNING(f"Background work not queued: {exc}"))
             return
-        self.stdout.write(f"Queued a scan ({scan_id}) and the preload of `preload` models ({preload_id}).")
+        scan = f"a scan ({scan_id}) and " if scan_id else ""
+        self.stdout.write(f"Queued {scan}the preload of `preload` models ({preload_id}).")
 
     def _run_with_worker_and_beat(self, options: dict[str, Any], models_dir: Path) -> None:
         """Run the web server, a Celery worker and beat as children with prefixed logs; stop all when one stops."""

@@ -325,13 +325,18 @@ def _stream(body: AsyncIterator[str], content_type: str, request_id: str) -> Str
     return response
 
 
-def usage_body(outcome: Outcome) -> dict[str, Any]:
-    """Token counts as OpenAI reports them; `cached_tokens`: prompt tokens whose KV was reused, not computed."""
+def usage_body(*outcomes: Outcome) -> dict[str, Any]:
+    """The outcomes' token counts summed, as OpenAI reports them (one request's choices, each in its own slot).
+
+    `cached_tokens`: the prompt tokens whose KV was reused rather than computed.
+    """
+    prompt = sum(o.prompt_tokens for o in outcomes)
+    completion = sum(o.completion_tokens for o in outcomes)
     return {
-        "prompt_tokens": outcome.prompt_tokens,
-        "completion_tokens": outcome.completion_tokens,
-        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": outcome.cached_tokens},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(o.cached_tokens for o in outcomes)},
     }
 
 

@@ -199,19 +199,8 @@ def _share(tokens: int, part: str, whole: str) -> int:
 
 
 def _usage(outcomes: list[Outcome], reasoning_tokens: int | None = None) -> dict[str, Any]:
-    """Every choice's prompt and completion, as metered: each choice read its prompt in its own slot.
-
-    `prompt_tokens_details.cached_tokens`: the prompt tokens whose KV was reused rather than computed.
-    """
-    prompt = sum(o.prompt_tokens for o in outcomes)
-    completion = sum(o.completion_tokens for o in outcomes)
-    cached = sum(o.cached_tokens for o in outcomes)
-    usage: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
+    """Every choice's prompt and completion, as metered, and the completion's reasoning tokens when asked."""
+    usage = flow.usage_body(*outcomes)
     if reasoning_tokens is not None:
         usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
     return usage

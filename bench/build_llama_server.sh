@@ -2,7 +2,8 @@
 # Build llama.cpp's C++ server from the llama.cpp vendored in the llama-cpp-python sdist we run on,
 # so both sides of bench/concurrency.py use the same ggml and llama.cpp code. Nothing here is committed:
 # the sdist, sources and build live in bench/.cache/ (git-ignored). Prints the binary's path when done;
-# a second run reuses the build.
+# a second run reuses the build. llama-batched-bench is built beside it: llama.cpp's own measure of prompt
+# and batched decode speed on the same ggml, for bounds such as "a server that computed no prompt at all".
 #
 #   bench/build_llama_server.sh            # -> bench/.cache/llama-server/build/bin/llama-server
 set -euo pipefail
@@ -14,7 +15,7 @@ SRC="$CACHE/src/llama_cpp_python-$VERSION/vendor/llama.cpp"
 BUILD="$CACHE/llama-server/build"
 BIN="$BUILD/bin/llama-server"
 
-if [[ -x "$BIN" ]]; then
+if [[ -x "$BIN" && -x "$BUILD/bin/llama-batched-bench" ]]; then
     echo "$BIN"
     exit 0
 fi
@@ -45,5 +46,5 @@ cmake -S "$SRC" -B "$BUILD" -G Ninja \
     -DLLAMA_BUILD_UI=OFF \
     -DLLAMA_USE_PREBUILT_UI=OFF \
     -DLLAMA_OPENSSL=OFF >&2
-cmake --build "$BUILD" --target llama-server -j "${JOBS:-2}" >&2
+cmake --build "$BUILD" --target llama-server llama-batched-bench -j "${JOBS:-2}" >&2
 echo "$BIN"

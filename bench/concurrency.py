@@ -19,11 +19,13 @@ Workloads (--workload, several with commas; each starts its own pair of servers)
   arrived and the 2 s after its first token: attention slows them as their contexts grow meanwhile).
 
 Every request is a streaming chat completion, greedy, `stream_options.include_usage`; tokens are counted
-from the usage the server reports. End of generation is suppressed by logit_bias unless --allow-eos, so a
-request that ends early is `truncated`. Requests are paired across the two servers by what was sent, and
-the table says how many pairs differ in prompt tokens (the two rendered differently) or completion tokens.
-The servers never run at the same time; who goes first alternates per level and per round. Rounds (3 by
-default) are pooled and each round's own ratio is kept: this machine's speed drifts by 5-10% in minutes.
+from the usage the server reports, and so are the prompt tokens each server computed (prompt tokens less
+`prompt_tokens_details.cached_tokens`: what its prompt caches saved, by count). End of generation is
+suppressed by logit_bias unless --allow-eos, so a request that ends early is `truncated`. Requests are
+paired across the two servers by what was sent, and the table says how many pairs differ in prompt tokens
+(the two rendered differently) or completion tokens. The servers never run at the same time; who goes first
+alternates per level and per round. Rounds (3 by default) are pooled and each round's own ratio is kept:
+this machine's speed drifts by 5-10% in minutes.
 RSS is the whole process tree's, after the warm-up (model loaded) and after the workload.
 
 Prints a table per workload and writes bench/results/concurrency.json. Usage:
@@ -33,7 +35,6 @@ Prints a table per workload and writes bench/results/concurrency.json. Usage:
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -48,6 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import workloads  # noqa: E402
+from bench.report import count_differences, level_tps, long_summary, print_table, ratio, rounded, summarize  # noqa: E402
 from bench.servers import LLAMA_SERVER_LOG, LlamaServer, build_llama_server, configure_ours  # noqa: E402
 from bench.throughput import SAMPLING, THREADS, Server  # noqa: E402
 
@@ -102,7 +104,9 @@ class Target:
         if usage is None or first is None:
             return {"error": "stream ended without usage or content"}
         n = usage["completion_tokens"]
-        return {"tokens": n, "prompt_tokens": usage["prompt_tokens"], "ttft_ms": (first - start) * 1000,
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        return {"tokens": n, "prompt_tokens": usage["prompt_tokens"], "cached_tokens": cached,
+                "ttft_ms": (first - start) * 1000,
                 "decode_tps": (n - 1) / (last - first) if n > 1 and last > first else 0.0,
                 "text": "".join(text)}  # fmt: skip
 
@@ -204,63 +208,6 @@ def run_long(target: Target, key: str, streams: int, tokens: int, long_tokens: i
             "streams_kept": during / before if before else None, "streams_outlasting": still}  # fmt: skip
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    k = (len(values) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def rounded(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def summarize(levels: list[dict], tokens: int, allow_eos: bool) -> dict:
-    """Pool the rounds of one side at one level into the reported metrics."""
-    runs = [r for level in levels for r in level["runs"]]
-    ok = [r for r in runs if "error" not in r]
-    total = sum(r["tokens"] for r in ok)
-    wall = sum(level["wall_s"] for level in levels)
-    ttft = [r["ttft_ms"] for r in ok]
-    return {
-        "requests": len(runs),
-        "completion_tokens": total,
-        "prompt_tokens_mean": rounded(statistics.mean(r["prompt_tokens"] for r in ok) if ok else None),
-        "wall_s": round(wall, 2),
-        "aggregate_tps": round(total / wall, 1) if wall else None,
-        "per_stream_tps": rounded(statistics.mean(r["decode_tps"] for r in ok) if ok else None),
-        "ttft_ms_p50": rounded(percentile(ttft, 0.5)),
-        "ttft_ms_p95": rounded(percentile(ttft, 0.95)),
-        "errors": len(runs) - len(ok),
-        "truncated": 0 if allow_eos else sum(r["tokens"] < tokens for r in ok),
-        "error_samples": sorted({r["error"] for r in runs if "error" in r})[:3],
-    }
-
-
-def count_differences(ours: list[dict], theirs: list[dict]) -> dict:
-    """Pairs of requests (same key) whose prompt or completion token counts differ between the servers."""
-    mine = {r["key"]: r for level in ours for r in level["runs"] if "error" not in r}
-    other = {r["key"]: r for level in theirs for r in level["runs"] if "error" not in r}
-    pairs = [(mine[k], other[k]) for k in mine.keys() & other.keys()]
-    return {
-        "pairs": len(pairs),
-        "prompt_tokens_differ": sum(a["prompt_tokens"] != b["prompt_tokens"] for a, b in pairs),
-        "completion_tokens_differ": sum(a["tokens"] != b["tokens"] for a, b in pairs),
-    }
-
-
-def level_tps(level: dict) -> float:
-    """Aggregate tokens/s of one side in one round of one level."""
-    return sum(r.get("tokens", 0) for r in level["runs"]) / level["wall_s"] if level["wall_s"] else 0.0
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 3) if a and b else None
-
-
 def run_workload(name: str, args: argparse.Namespace, binary: str, model_path: str) -> dict:
     """Start both servers for one workload, run every level and round on each in turn, and summarize."""
     ctx_per_slot = args.ctx_per_slot or CTX_PER_SLOT[name]
@@ -334,51 +281,6 @@ def run_one(name: str, target: Target, key: str, clients: int, args: argparse.Na
     else:
         requests = [(f"{key}/{i}", workloads.fresh_prompt(key, i)) for i in range(count)]
     return run_requests(target, requests, clients, args.tokens)
-
-
-def long_summary(levels: list[dict]) -> dict:
-    """The long workload's own figures, the median over rounds."""
-    done = [level for level in levels if "long_ttft_ms" in level]
-    if not done:
-        return {}
-
-    def median(key: str) -> float | None:
-        values = [level[key] for level in done if level.get(key) is not None]
-        return statistics.median(values) if values else None
-
-    return {"long_ttft_ms": rounded(median("long_ttft_ms")), "long_prompt_tokens": median("long_prompt_tokens"),
-            "streams_tps_before": rounded(median("streams_tps_before")),
-            "streams_tps_during": rounded(median("streams_tps_during")),
-            "streams_kept": rounded(median("streams_kept"), 3),
-            "streams_outlasting": min(level["streams_outlasting"] for level in done)}  # fmt: skip
-
-
-def print_table(result: dict) -> None:
-    name = result["workload"]
-    print(f"\n{name} (context {result['ctx_per_slot']} per slot); RSS loaded ours / theirs: "
-          f"{result['rss']['ours'].get('loaded_mb')} / {result['rss']['theirs'].get('loaded_mb')} MB")  # fmt: skip
-    columns = [("agg tok/s", "aggregate_tps"), ("stream tok/s", "per_stream_tps"), ("TTFT p50 ms", "ttft_ms_p50"),
-               ("TTFT p95 ms", "ttft_ms_p95"), ("errors", "errors"), ("truncated", "truncated")]  # fmt: skip
-    if name == "long":
-        columns = [("long TTFT ms", "long_ttft_ms"), ("streams before", "streams_tps_before"),
-                   ("streams during", "streams_tps_during"), ("kept", "streams_kept"),
-                   ("outlasting", "streams_outlasting"), ("errors", "errors")]  # fmt: skip
-    level = "convs" if name == "karen" else "streams" if name == "long" else "clients"
-    print(f"{level:>7}  {'ratio':>6}  {'ttft':>6}" + "".join(f"  {t:>17}" for t, _ in columns) + "  counts differ")
-    print(f"{'':>7}  {'agg':>6}  {'x':>6}" + "".join(f"  {'ours / theirs':>17}" for _ in columns) + "  prompt/compl")
-    for row in result["levels"]:
-        cells = [f"{row['ours'].get(key)} / {row['theirs'].get(key)}".replace("None", "-") for _, key in columns]
-        differ = row["counts"]
-        counts = f"{differ['prompt_tokens_differ']}/{differ['completion_tokens_differ']} of {differ['pairs']}"
-        ratios = f"{row['ratio_aggregate_tps']!s:>6}  {row['ratio_ttft_p50']!s:>6}"
-        print(f"{row['level']:>7}  {ratios}" + "".join(f"  {c:>17}" for c in cells) + f"  {counts}")
-    if any(len(row["ratio_by_round"]) > 1 for row in result["levels"]) and name != "long":
-        by_round = (f"{r['level']}: {', '.join(map(str, r['ratio_by_round']))}" for r in result["levels"])
-        print("aggregate ratio by round: " + "; ".join(by_round))
-    for row in result["levels"]:
-        for side in ("ours", "theirs"):
-            for sample in row[side]["error_samples"]:
-                print(f"{row['level']}, {side} error: {sample}")
 
 
 def main() -> None:

@@ -19,8 +19,12 @@ LANES = ("interactive", "batch")
 
 
 class Queued(Protocol):
-    owner: str
-    lane: str
+    @property
+    def owner(self) -> str: ...
+
+    @property
+    def lane(self) -> str: ...
+
     queued_at: float
 
 

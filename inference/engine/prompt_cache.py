@@ -17,6 +17,7 @@ out. Used by one scheduler thread only; not thread-safe.
 import ctypes
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -151,7 +152,7 @@ class PrefixReuse:
     def __init__(self, runner: LlamaRunner, cache: PromptCache, stats: dict[str, float]) -> None:
         self.runner, self.cache, self.stats = runner, cache, stats
 
-    def worth_waiting(self, tokens: list[int], slots: list[KVSlot], coming: list[list[int]]) -> bool:
+    def worth_waiting(self, tokens: list[int], slots: Sequence[KVSlot], coming: list[list[int]]) -> bool:
         """Whether a prompt now being filled (`coming`) will hold WAIT_FOR_TOKENS more of `tokens` than any KV at hand.
 
         Then the request waits for that fill and copies the prefix, instead of computing it
@@ -170,7 +171,7 @@ class PrefixReuse:
             at_hand = max(at_hand, self.cache.best(head)[1])
         return gain - at_hand >= WAIT_FOR_TOKENS
 
-    def bring_longest(self, slot: KVSlot, others: list[KVSlot], tokens: list[int]) -> bool:
+    def bring_longest(self, slot: KVSlot, others: Sequence[KVSlot], tokens: list[int]) -> bool:
         """Copy into `slot` the KV of another slot (free or busy) or a cached prompt sharing more of `tokens`.
 
         A copy moves the whole stored sequence, so it must save enough prefill to pay for

@@ -6,13 +6,13 @@ once, and samples each slot with its own sampler.
 A finished or cancelled slot is free at the next step. A new request takes a free slot
 that keeps the busy slots consecutive and drops the least KV (`choose_slot`), and reuses the longest KV
 prefix at hand: the slot's own, another free slot's, or the host-memory prompt cache's
-(prompt_cache.py), where a slot's KV goes before a new request overwrites it.
+(prompt_cache.py), where a slot's KV goes before a new request overwrites it. The queue and that
+seating are `WaitingRoom`'s (waiting.py); this module is the loop and the decode step.
 
 Thread-safety: `submit` and the counters may be used from any thread; everything else
 runs on the scheduler's own thread, the only one that calls llama.cpp for this model.
 """
 
-import functools
 import logging
 import queue
 import threading
@@ -22,21 +22,21 @@ from collections.abc import Callable
 import llama_cpp
 
 from inference.engine.fair_queue import LANES, FairQueue, owner_limit
-from inference.engine.jobs import Job, JobHandle, Outcome, Token, batched_handoffs
-from inference.engine.llama_runner import LlamaRunner, Prepared
+from inference.engine.jobs import Outcome, Token, batched_handoffs
+from inference.engine.llama_runner import LlamaRunner
 from inference.engine.prefill import Fill, PrefillPolicy
-from inference.engine.prompt_cache import PrefixReuse, PromptCache, choose_slot, common_prefix
+from inference.engine.prompt_cache import PrefixReuse, PromptCache
 from inference.engine.slots import (
     QueuedItem,
     QueueFull,
     SchedulerDown,
     Slot,
-    SlotRequest,
     new_stats,
     put_token,
     queued_view,
     slot_view,
 )
+from inference.engine.waiting import WaitingRoom, is_generating
 
 __all__ = ["BatchScheduler", "QueueFull", "SchedulerDown"]
 
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 SLOW_SAMPLE_S = 1.0  # one token's sampling past this ends its request: every other slot waits on it
 
 
-class BatchScheduler:
+class BatchScheduler(WaitingRoom):
     """Runs one model's requests in `n_parallel` slots on a dedicated thread.
 
     A failure in one request's step ends that request alone. A failure outside them (a
@@ -120,43 +120,6 @@ class BatchScheduler:
             },
         }
 
-    def submit(
-        self, job: Job, handle: JobHandle, prepared: Prepared, *, before_queue: Callable[[], None] | None = None
-    ) -> None:
-        """Queue a job; QueueFull at the queue's or the owner's limit. Thread-safe; blocks only in `before_queue`.
-
-        `before_queue` runs once a place in the queue is held and before the job is in
-        it (admission): a full queue never admits, and a failed admission frees the place.
-        """
-        with self._lock:
-            if self.failed is not None or self._stopping:
-                raise SchedulerDown(f"{job.model_id}'s scheduler is restarting; retry shortly.")
-            if self.waiting >= self.max_queue:
-                raise QueueFull(job.model_id, self.waiting)
-            held = self._waiting_by_owner.get(job.owner, 0)
-            if held >= self.per_owner:
-                raise QueueFull(job.model_id, held, share=True)
-            self._hold(job, +1)
-        try:
-            if before_queue is not None:
-                before_queue()
-        except BaseException:
-            with self._lock:
-                self._hold(job, -1)
-            raise
-        self._inbox.put(QueuedItem(job, handle, prepared.tokens, prepared.sampler))
-
-    def _hold(self, job: Job, n: int) -> None:
-        """Count a place in the queue taken (+1) or given up (-1); the caller holds the lock."""
-        self.waiting += n
-        lane = job.lane if job.lane in self.waiting_by_lane else "interactive"
-        self.waiting_by_lane[lane] += n
-        held = self._waiting_by_owner.get(job.owner, 0) + n
-        if held > 0:
-            self._waiting_by_owner[job.owner] = held
-        else:
-            self._waiting_by_owner.pop(job.owner, None)
-
     def stop(self) -> None:
         """End the thread; running and queued jobs end as cancelled."""
         self._inbox.put(None)
@@ -198,13 +161,6 @@ class BatchScheduler:
                         if slot.request:
                             self._finish(slot, "error", "error", error=f"decode failed: {exc}", code="engine_error")
 
-    def _report_positions(self) -> None:
-        """Tell each waiting request whose place changed where it stands now (0: next)."""
-        for position, item in enumerate(self._waiting.projected()):
-            if item.reported != position:
-                item.reported = position
-                item.handle.report_position(position)
-
     def abandon(self, reason: str) -> None:
         """End every request held with `scheduler_failed` (503). Only once the thread is gone, or on it."""
         self._end_all(Outcome("error", "error", error=reason, error_code="scheduler_failed"))
@@ -225,130 +181,6 @@ class BatchScheduler:
         with self._lock:
             self.running = 0
 
-    def _take_inbox(self, *, block: bool) -> None:
-        try:
-            item = self._inbox.get(block=block)
-        except queue.Empty:
-            return
-        while True:
-            if item is None:
-                self._stopping = True
-                return
-            self._waiting.append(item)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-
-    def _drain_inbox(self) -> list[QueuedItem]:
-        items = []
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return items
-            if item is not None:
-                items.append(item)
-
-    def _end_waiting(self, item: QueuedItem, outcome: Outcome) -> None:
-        with self._lock:
-            self._hold(item.job, -1)
-        item.sampler.close()  # its native chain (and grammar) now, not at the next cyclic collection
-        item.handle.push(outcome)
-
-    def _expire_waiting(self) -> None:
-        now = time.perf_counter()
-        for item in list(self._waiting):
-            waited = now - item.queued_at
-            cancelled = item.handle.cancelled.is_set()
-            if not cancelled and waited <= self.queue_timeout_s:
-                continue
-            self._waiting.remove(item)
-            spent = {"duration_ms": (now - item.job.submitted_at_perf) * 1000, "queue_ms": waited * 1000}
-            if cancelled:
-                self._end_waiting(item, Outcome("cancelled", "cancelled", prompt_tokens=len(item.tokens), **spent))
-            else:
-                self.stats["queue_timeouts"] += 1
-                message = (
-                    f"waited {waited:.1f}s in {item.job.model_id}'s queue, past its {self.queue_timeout_s:.0f}s limit"
-                )
-                self._end_waiting(item, Outcome("timeout", "error", error=message, error_code="queue_timeout", **spent))
-
-    def _admit(self) -> None:
-        """Give each waiting request (in the fair queue's order) a free slot (`choose_slot`) and the longest prefix.
-
-        The prefix comes from the slot itself, from another slot (free or busy) or from the prompt
-        cache, whichever shares most of the prompt; a slot about to lose tokens to a request that does
-        not share them is copied into the prompt cache. A request whose prefix a prompt being filled
-        will soon hold waits for that fill (`_may_seat`).
-        """
-        while self._waiting:
-            free = [slot for slot in self.slots if slot.request is None]
-            if not free:
-                return
-            # Prompts going in whole at the next steps: a request whose prefix one of them will hold waits for it.
-            coming = [s.request.item.tokens for s in self.slots
-                      if s.request and s.request.prompt_rest and not s.request.long_prompt]  # fmt: skip
-            item = self._waiting.pop_first(functools.partial(self._may_seat, coming=coming))
-            if item is None:
-                return
-            slot = choose_slot(free, item.tokens, busy={s.seq_id for s in self.slots if s.request})
-            try:
-                # Every other slot may lend its prefix, busy ones too (a sibling choice, a shared system prompt):
-                # the copy reads the donor's sequence and leaves it as it is.
-                self._seat(item, slot, [s for s in self.slots if s is not slot])
-            except Exception as exc:  # this request's own failure: it ends, the others go on
-                logger.exception("admitting a request on %s failed", self.runner.spec.model_id)
-                self.stats["request_failures"] += 1
-                slot.request, slot.cached = None, []
-                self.runner.forget(slot.seq_id)
-                failed = Outcome("error", "error", prompt_tokens=len(item.tokens),
-                                 error=f"admission failed: {exc}", error_code="engine_error")  # fmt: skip
-                self._end_waiting(item, failed)
-
-    def _may_seat(self, item: QueuedItem, *, coming: list[list[int]]) -> bool:
-        """False while a prompt being filled will soon hold a longer prefix of `item`'s: it waits to copy it."""
-        if not coming or not self._reuse.worth_waiting(item.tokens, self.slots, coming):
-            return True
-        if not item.waited_for_prefix:
-            item.waited_for_prefix = True
-            self.stats["prefix_waits"] += 1
-        return False
-
-    def _seat(self, item: QueuedItem, slot: Slot, others: list[Slot]) -> None:
-        """Put `item` in `slot`, reusing the longest prefix of its prompt found in `slot`, `others` or the cache."""
-        moved = self._reuse.bring_longest(slot, others, item.tokens)
-        keep = min(common_prefix(slot.cached, item.tokens), len(item.tokens) - 1)  # >= 1 token to decode
-        # A copied-in sequence's tail is not stored again: the donor slot still holds it, or
-        # the cache entry gave it up on restore, as in llama.cpp's server.
-        if not moved:
-            self._reuse.stash(slot, keep)
-        self.runner.forget(slot.seq_id, keep)
-        slot.cached = slot.cached[:keep]
-        if keep:
-            self.stats["prefix_hits"] += 1
-            self.stats["prefix_tokens_reused"] += keep
-        if item.reported is not None:
-            item.handle.report_position(None)
-        admitted_at = time.perf_counter()
-        self.stats["queue_admitted"] += 1
-        self.stats["queue_wait_ms_total"] += (admitted_at - item.queued_at) * 1000
-        long_prompt = self.prefill.is_long(len(item.tokens) - keep)
-        if long_prompt:
-            self.prefill.seat_long(streams_decoding=any(_generating(s) for s in self.slots))
-        slot.request = SlotRequest(
-            item=item,
-            sampler=item.sampler,
-            long_prompt=long_prompt,
-            cached_tokens=keep,
-            prompt_rest=item.tokens[keep:],
-            max_tokens=min(item.job.sampling.max_tokens, self.runner.n_ctx_slot - len(item.tokens)),
-            admitted_at=admitted_at,
-        )
-        with self._lock:
-            self._hold(item.job, -1)
-            self.running += 1
-
     def _step(self, active: list[Slot]) -> None:
         """One decode call for every active slot, then one sampled token for each that is ready."""
         for slot in active:
@@ -357,7 +189,7 @@ class BatchScheduler:
         active = [slot for slot in active if slot.request]
         if not active:
             return
-        generating = [slot for slot in active if _generating(slot)]
+        generating = [slot for slot in active if is_generating(slot)]
         fill = self.prefill.fill(active, self.runner.n_batch - len(generating), generating=bool(generating))
         sample_at = self._put_batch(generating, fill)
         started = time.perf_counter()
@@ -466,8 +298,3 @@ class BatchScheduler:
                 error_code=code,
             )
         )
-
-
-def _generating(slot: Slot) -> bool:
-    """Whether `slot` holds a request past its prompt, decoding a token each step."""
-    return slot.request is not None and not slot.request.prompt_rest

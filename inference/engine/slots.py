@@ -6,6 +6,7 @@ Plain data; only the model's scheduler thread touches a slot or a request after 
 import codecs
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import llama_cpp
 
@@ -25,12 +26,18 @@ class SchedulerDown(Exception):
     """The model's scheduler failed and is being replaced; the request may be retried at once."""
 
 
+class Sampler(Protocol):
+    """What the queue needs of a request's sampler: to free its native chain when the request ends."""
+
+    def close(self) -> None: ...
+
+
 @dataclass(eq=False)
 class QueuedItem:
     job: Job
     handle: JobHandle
     tokens: list[int]
-    sampler: object
+    sampler: Sampler
     # The queue's clock starts here, not at the job's submission: loading the model first is
     # not waiting in its queue, and a long load must not time out the request that asked for it.
     queued_at: float = field(default_factory=time.perf_counter)
@@ -51,7 +58,7 @@ class SlotRequest:
     """The state of one request while it holds a slot."""
 
     item: QueuedItem
-    sampler: object
+    sampler: Sampler
     prompt_rest: list[int]
     max_tokens: int
     admitted_at: float

@@ -12,11 +12,12 @@ import pytest
 from llama_cpp import _internals
 
 from inference.engine import Job, Outcome, Sampling, Token, get_engine
-from inference.engine.llama_runner import GreedyArgmax, LlamaRunner
+from inference.engine.llama_runner import LlamaRunner
 from inference.engine.local import LocalEngine
 from inference.engine.pool import ModelPool
 from inference.engine.prefill import PAYBACK, Fill
 from inference.engine.prompt_cache import common_prefix
+from inference.engine.sampling import GreedyArgmax
 from inference.engine.scheduler import QueueFull
 from inference.engine.spec import ModelSpec
 from tests.inference.conftest import NO_EOS_BIAS

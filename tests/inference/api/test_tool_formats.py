@@ -12,7 +12,8 @@ from inference.api.thinking import ThinkingSplitter
 from inference.api.tool_formats import ReplyReader, family, plan_for
 from inference.engine import Sampling
 from inference.engine.grammar import SchemaBounds, framed_grammar, schema_grammar
-from inference.engine.llama_runner import GrammarSampler, LlamaRunner
+from inference.engine.llama_runner import LlamaRunner
+from inference.engine.sampling import GrammarSampler
 from models_app.chat_templates import render_chat_template
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.", "parameters": {

@@ -49,7 +49,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import workloads  # noqa: E402
-from bench.report import count_differences, level_tps, long_summary, print_table, ratio, rounded, summarize  # noqa: E402
+from bench.report import (  # noqa: E402
+    count_differences,
+    level_tps,
+    long_summary,
+    print_table,
+    prompt_tokens_computed,
+    ratio,
+    rounded,
+    summarize,
+)
 from bench.servers import LLAMA_SERVER_LOG, LlamaServer, build_llama_server, configure_ours  # noqa: E402
 from bench.throughput import SAMPLING, THREADS, Server  # noqa: E402
 
@@ -104,7 +113,7 @@ class Target:
         if usage is None or first is None:
             return {"error": "stream ended without usage or content"}
         n = usage["completion_tokens"]
-        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")  # None: not reported
         return {"tokens": n, "prompt_tokens": usage["prompt_tokens"], "cached_tokens": cached,
                 "ttft_ms": (first - start) * 1000,
                 "decode_tps": (n - 1) / (last - first) if n > 1 and last > first else 0.0,
@@ -263,6 +272,10 @@ def run_workload(name: str, args: argparse.Namespace, binary: str, model_path: s
             ratio(level_tps(a), level_tps(b)) for a, b in zip(raw[clients, "ours"], raw[clients, "theirs"], strict=True)
         ]
         row["counts"] = count_differences(raw[clients, "ours"], raw[clients, "theirs"])
+        # Levels and rounds share a pair of servers: from the second on, prompt caches hold what earlier ones sent.
+        row["prompt_tokens_computed_by_round"] = {
+            side: [prompt_tokens_computed(level["runs"]) for level in raw[clients, side]] for side in ("ours", "theirs")
+        }
         rows.append(row)
     flags = " ".join(theirs.flags) if theirs else ""
     extra_mb = rounded(rss["ours"].get("loaded_mb", 0) - rss["theirs"].get("loaded_mb", 0))

@@ -7,6 +7,8 @@ saved, counted rather than timed, so it does not drift with the machine as token
 
 import statistics
 
+SIDES = ("ours", "theirs")
+
 
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
@@ -33,7 +35,7 @@ def summarize(levels: list[dict], tokens: int, allow_eos: bool) -> dict:
         "requests": len(runs),
         "completion_tokens": total,
         "prompt_tokens_mean": rounded(statistics.mean(r["prompt_tokens"] for r in ok) if ok else None),
-        "prompt_tokens_computed": sum(r["prompt_tokens"] - r.get("cached_tokens", 0) for r in ok),
+        "prompt_tokens_computed": prompt_tokens_computed(runs),
         "wall_s": round(wall, 2),
         "aggregate_tps": round(total / wall, 1) if wall else None,
         "per_stream_tps": rounded(statistics.mean(r["decode_tps"] for r in ok) if ok else None),
@@ -43,6 +45,17 @@ def summarize(levels: list[dict], tokens: int, allow_eos: bool) -> dict:
         "truncated": 0 if allow_eos else sum(r["tokens"] < tokens for r in ok),
         "error_samples": sorted({r["error"] for r in runs if "error" in r})[:3],
     }
+
+
+def prompt_tokens_computed(runs: list[dict]) -> int | None:
+    """Prompt tokens less the cached ones the server reported, over `runs`; None where the count would not be whole.
+
+    A failed request (a karen conversation stops at its first) or one whose usage did not say how many
+    tokens were cached would make a side look as if it computed less, or more, than it did.
+    """
+    if any("error" in r or r.get("cached_tokens") is None for r in runs):
+        return None
+    return sum(r["prompt_tokens"] - r["cached_tokens"] for r in runs)
 
 
 def count_differences(ours: list[dict], theirs: list[dict]) -> dict:
@@ -106,6 +119,11 @@ def print_table(result: dict) -> None:
     if any(len(row["ratio_by_round"]) > 1 for row in result["levels"]) and name != "long":
         by_round = (f"{r['level']}: {', '.join(map(str, r['ratio_by_round']))}" for r in result["levels"])
         print("aggregate ratio by round: " + "; ".join(by_round))
+        computed = []
+        for row in result["levels"]:
+            ours, theirs = (" ".join(map(str, row["prompt_tokens_computed_by_round"][side])) for side in SIDES)
+            computed.append(f"{row['level']}: {ours} / {theirs}")
+        print("prompt tokens computed by round, ours / theirs: " + "; ".join(computed))
     for row in result["levels"]:
         for side in ("ours", "theirs"):
             for sample in row[side]["error_samples"]:

@@ -20,7 +20,7 @@ from inference.engine.slots import Slot, SlotRequest
 
 # While other requests decode, a prompt longer than one chunk gets this share of the time, so the
 # decoding streams keep at least 1 - LONG_PREFILL_SHARE of their tokens/s while it fills.
-LONG_PREFILL_SHARE = 0.18
+LONG_PREFILL_SHARE = 0.15
 PAYBACK = (1 - LONG_PREFILL_SHARE) / LONG_PREFILL_SHARE  # decode time owed to the streams per second of chunk
 ESTIMATE_MIN_TOKENS = 32  # steps with fewer prompt tokens say little about a prompt token's cost
 # Short prompts that arrive together go in a few per step, not all in one: a step's duration is the

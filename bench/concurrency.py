@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
 
 from bench import workloads  # noqa: E402
 from bench.report import (  # noqa: E402
+    SIDES,
     count_differences,
     level_tps,
     long_summary,
@@ -223,7 +224,7 @@ def run_workload(name: str, args: argparse.Namespace, binary: str, model_path: s
     levels = [int(c) for c in (args.conversations if name == "karen" else args.clients).split(",")]
     if name == "long":
         levels = [args.streams]
-    raw: dict[tuple[int, str], list[dict]] = {(c, side): [] for c in levels for side in ("ours", "theirs")}
+    raw: dict[tuple[int, str], list[dict]] = {(c, side): [] for c in levels for side in SIDES}
     rss: dict[str, dict[str, float]] = {"ours": {}, "theirs": {}}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -262,7 +263,7 @@ def run_workload(name: str, args: argparse.Namespace, binary: str, model_path: s
     rows = []
     for clients in levels:
         row = {"level": clients}
-        for side in ("ours", "theirs"):
+        for side in SIDES:
             row[side] = summarize(raw[clients, side], args.tokens if name != "long" else 16, args.allow_eos)
             if name == "long":
                 row[side].update(long_summary(raw[clients, side]))
@@ -274,7 +275,7 @@ def run_workload(name: str, args: argparse.Namespace, binary: str, model_path: s
         row["counts"] = count_differences(raw[clients, "ours"], raw[clients, "theirs"])
         # Levels and rounds share a pair of servers: from the second on, prompt caches hold what earlier ones sent.
         row["prompt_tokens_computed_by_round"] = {
-            side: [prompt_tokens_computed(level["runs"]) for level in raw[clients, side]] for side in ("ours", "theirs")
+            side: [prompt_tokens_computed(level["runs"]) for level in raw[clients, side]] for side in SIDES
         }
         rows.append(row)
     flags = " ".join(theirs.flags) if theirs else ""

@@ -125,6 +125,6 @@ def print_table(result: dict) -> None:
             computed.append(f"{row['level']}: {ours} / {theirs}")
         print("prompt tokens computed by round, ours / theirs: " + "; ".join(computed))
     for row in result["levels"]:
-        for side in ("ours", "theirs"):
+        for side in SIDES:
             for sample in row[side]["error_samples"]:
                 print(f"{row['level']}, {side} error: {sample}")
